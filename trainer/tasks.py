@@ -1,0 +1,380 @@
+"""SuperGLUE tasks in text-to-text form (docs/method.md section 5).
+
+A `Task` turns one raw record into `Example`s. Records may come from the official SuperGLUE jsonl
+distribution (`TASK/{train,val,test}.jsonl`: string or bool labels, nested MultiRC and ReCoRD) or from
+the Hugging Face `super_glue` dataset (integer labels, one flat row per MultiRC answer or ReCoRD query);
+both give the same Examples. Errors are one line naming `file:line` and the offending key.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+SPLITS = ("train", "val", "test")
+_HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One model input and its target, keyed by the official scorer's `idx`."""
+
+    input: str
+    """Model input text."""
+    target: str
+    """Target text: a label word, or the answer entity for ReCoRD ("" when unlabelled)."""
+    idx: object
+    """Prediction key: an int, or MultiRC {"paragraph", "question", "answer"}, ReCoRD {"passage", "query"}."""
+    label: int | None
+    """Index into `Task.label_words`; None for open-answer tasks and unlabelled (test) records."""
+    answers: tuple[str, ...] = ()
+    """ReCoRD: all gold answer strings, sorted; empty for other tasks."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A SuperGLUE task (or the generic `jsonl` task): its folder, label words and metric."""
+
+    name: str
+    """Short name, e.g. "rte"."""
+    dirname: str
+    """Folder of the official distribution, e.g. "RTE" ("" for `jsonl`: files sit in data_dir)."""
+    label_words: tuple[str, ...] | None
+    """Target words indexed by label; None for ReCoRD and `jsonl`."""
+    metric: str
+    """Official metric name dispatched on by `metrics.score`."""
+    hub_config: str = ""
+    """Config name of the Hugging Face `super_glue` dataset ("" when there is none)."""
+    build: Callable = field(default=None, repr=False, compare=False)
+    """(task, record, where, train, labelled) -> list[Example]; one of the `_build_*` functions."""
+
+    def examples(self, record: dict, where: str = "", *, train: bool = False,
+                 labelled: bool = True) -> list[Example]:
+        """Convert one raw record into Examples.
+
+        Args:
+            record: one jsonl record (official or Hugging Face layout).
+            where: "file:line" used in error messages.
+            train: ReCoRD only: one Example per gold answer (training) instead of one per query.
+            labelled: the record must carry its label (False for test splits: label None, target "").
+        """
+        where = where or "record"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object for task {self.name}, "
+                             f"got {type(record).__name__}")
+        return self.build(self, record, where, train, labelled)
+
+
+def _get(record: dict, key: str, where: str, task: Task, path: str = ""):
+    """record[key], or a one-line error naming the (dotted) field."""
+    if not isinstance(record, dict) or key not in record:
+        raise ValueError(f"{where}: missing field '{path}{key}' for task {task.name}")
+    return record[key]
+
+
+def _label(task: Task, record: dict, where: str, labelled: bool, path: str = "") -> int | None:
+    """Map an official (str/bool/0-1 int) or HF (int, -1 = unlabelled) label to a label index."""
+    value = record.get("label") if isinstance(record, dict) else None
+    if value is None or (not labelled and value == -1):
+        if labelled:
+            raise ValueError(f"{where}: missing field '{path}label' for task {task.name}")
+        return None
+    words = task.label_words
+    if isinstance(value, str) and value in words:
+        return words.index(value)
+    # bool is an int: False -> 0 -> "False", True -> 1 -> "True", as in the label words' order.
+    if isinstance(value, int) and 0 <= value < len(words):
+        return int(value)
+    allowed = ", ".join(words)
+    raise ValueError(f"{where}: label {value!r} not allowed for task {task.name}; "
+                     f"allowed: {allowed} (or 0..{len(words) - 1})")
+
+
+def _example(task: Task, text: str, idx, label: int | None) -> Example:
+    target = task.label_words[label] if label is not None else ""
+    return Example(input=text, target=target, idx=idx, label=label)
+
+
+def _template(template: str) -> Callable:
+    """Builder for one-input classification tasks: fill `template` with the record's fields."""
+    keys = re.findall(r"{(\w+)}", template)
+
+    def build(task, record, where, train, labelled):
+        values = {key: _get(record, key, where, task) for key in keys}
+        idx = _get(record, "idx", where, task)
+        return [_example(task, template.format(**values), idx, _label(task, record, where, labelled))]
+
+    build.__doc__ = f"Input `{template}`."
+    return build
+
+
+def _build_multirc(task, record, where, train, labelled):
+    """`question: {question} answer: {answer} paragraph: {paragraph}`, one Example per answer.
+
+    Official: {"idx", "passage": {"text", "questions": [{"idx", "question", "answers":
+    [{"idx", "text", "label"}]}]}}. HF: flat {"paragraph", "question", "answer", "idx": {...}, "label"}.
+    """
+    if not isinstance(record.get("passage"), dict):  # Hugging Face: one row per answer already
+        text = "question: {question} answer: {answer} paragraph: {paragraph}".format(
+            **{k: _get(record, k, where, task) for k in ("question", "answer", "paragraph")})
+        return [_example(task, text, _get(record, "idx", where, task),
+                         _label(task, record, where, labelled))]
+    paragraph = _get(record, "passage", where, task)
+    text = _get(paragraph, "text", where, task, "passage.")
+    out = []
+    for qi, question in enumerate(_get(paragraph, "questions", where, task, "passage.")):
+        qpath = f"passage.questions[{qi}]."
+        for ai, answer in enumerate(_get(question, "answers", where, task, qpath)):
+            apath = f"{qpath}answers[{ai}]."
+            idx = {"paragraph": _get(record, "idx", where, task),
+                   "question": _get(question, "idx", where, task, qpath),
+                   "answer": _get(answer, "idx", where, task, apath)}
+            out.append(_example(
+                task, f"question: {_get(question, 'question', where, task, qpath)} "
+                      f"answer: {_get(answer, 'text', where, task, apath)} paragraph: {text}",
+                idx, _label(task, answer, where, labelled, apath)))
+    return out
+
+
+def _record_passage(text: str) -> str:
+    """T5's ReCoRD passage cleaning: each "\\n@highlight\\n" becomes ". " (or a space after punctuation)."""
+    text = re.sub(r"([.?!\"'])\n@highlight\n", r"\1 ", text)
+    return re.sub(r"\n@highlight\n", ". ", text)
+
+
+def _build_record(task, record, where, train, labelled):
+    """T5's `record query: {query} entities: {e1, e2, ...} passage: {passage}`.
+
+    The query keeps its `@placeholder`; entities are the sorted distinct entity strings (as the HF
+    dataset lists them). Training: one Example per gold answer (target = that answer); evaluation:
+    one per query, target = first answer, all answers in `answers`.
+    Official: {"idx", "passage": {"text", "entities": [{"start", "end"}]}, "qas": [{"idx", "query",
+    "answers": [{"start", "end", "text"}]}]}, `end` inclusive. HF: flat {"passage", "query",
+    "entities", "answers", "idx": {"passage", "query"}}.
+    """
+    if isinstance(record.get("passage"), dict):
+        passage = record["passage"]
+        text = _get(passage, "text", where, task, "passage.")
+        spans = _get(passage, "entities", where, task, "passage.")
+        entities = sorted({text[s["start"]:s["end"] + 1] for s in spans})
+        queries = []
+        for qi, qa in enumerate(_get(record, "qas", where, task)):
+            path = f"qas[{qi}]."
+            if labelled:
+                _get(qa, "answers", where, task, path)
+            answers = [a["text"] for a in qa.get("answers", [])]
+            idx = {"passage": _get(record, "idx", where, task),
+                   "query": _get(qa, "idx", where, task, path)}
+            queries.append((_get(qa, "query", where, task, path), answers, idx, path))
+    else:
+        text = _get(record, "passage", where, task)
+        entities = sorted(set(_get(record, "entities", where, task)))
+        answers = _get(record, "answers", where, task) if labelled else record.get("answers", [])
+        queries = [(_get(record, "query", where, task), answers, _get(record, "idx", where, task), "")]
+    out = []
+    for query, answers, idx, path in queries:
+        answers = tuple(sorted(set(answers)))
+        if labelled and not answers:
+            raise ValueError(f"{where}: field '{path}answers' is empty for task {task.name}")
+        text_in = (f"record query: {query} entities: {', '.join(entities)} "
+                   f"passage: {_record_passage(text)}")
+        targets = answers if train else answers[:1] or ("",)
+        out += [Example(text_in, target, idx, None, answers) for target in targets]
+    return out
+
+
+def _mark_pronoun(words: list[str], index: int, pronoun: str) -> list[str] | None:
+    """Put asterisks around the pronoun at word `index` (trailing punctuation stays outside)."""
+    n = len(pronoun.split(" "))
+    span = " ".join(words[index:index + n])
+    if index < 0 or not span.lower().startswith(pronoun.lower()):
+        return None
+    rest = span[len(pronoun):]
+    if rest and rest[0].isalnum():  # "he" must not match "her"
+        return None
+    return words[:index] + [f"*{span[:len(pronoun)]}*{rest}"] + words[index + n:]
+
+
+def _build_wsc(task, record, where, train, labelled):
+    """T5's marked-pronoun input plus the candidate: `wsc: {text with *pronoun*} referent: {span1}`.
+
+    T5's `wsc_simple` marks the pronoun with asterisks and asks for the referent's text. With
+    True/False targets the candidate (span1_text) must be in the input too, otherwise records that
+    differ only in their candidate get identical inputs and opposite labels.
+    Official: spans nested under "target"; HF: span fields at the top level.
+    """
+    spans = record["target"] if isinstance(record.get("target"), dict) else record
+    path = "target." if spans is not record else ""
+    text = _get(record, "text", where, task)
+    pronoun = _get(spans, "span2_text", where, task, path)
+    index = _get(spans, "span2_index", where, task, path)
+    words = text.split(" ")
+    # Some records' span2_index is off by a word or two; take the nearest matching word.
+    for i in sorted(range(len(words)), key=lambda i: abs(i - index)):
+        marked = _mark_pronoun(words, i, pronoun)
+        if marked:
+            break
+    else:
+        raise ValueError(f"{where}: span2_text {pronoun!r} not found in text for task {task.name}")
+    text_in = f"wsc: {' '.join(marked)} referent: {_get(spans, 'span1_text', where, task, path)}"
+    return [_example(task, text_in, _get(record, "idx", where, task),
+                     _label(task, record, where, labelled))]
+
+
+def _build_jsonl(task, record, where, train, labelled):
+    """Generic task: the record already holds `input` and `target` (and `idx`)."""
+    target = _get(record, "target", where, task) if labelled else record.get("target", "")
+    return [Example(str(_get(record, "input", where, task)), str(target),
+                    _get(record, "idx", where, task), None)]
+
+
+_BOOL = ("False", "True")
+TASKS = {t.name: t for t in [
+    Task("boolq", "BoolQ", _BOOL, "accuracy", "boolq",
+         _template("boolq passage: {passage} question: {question}")),
+    Task("cb", "CB", ("entailment", "contradiction", "neutral"), "accuracy_macro_f1", "cb",
+         _template("cb hypothesis: {hypothesis} premise: {premise}")),
+    Task("copa", "COPA", ("choice1", "choice2"), "accuracy", "copa",
+         _template("choice1: {choice1} choice2: {choice2} premise: {premise} question: {question}")),
+    Task("multirc", "MultiRC", _BOOL, "f1a_em", "multirc", _build_multirc),
+    Task("record", "ReCoRD", None, "max_f1_em", "record", _build_record),
+    Task("rte", "RTE", ("entailment", "not_entailment"), "accuracy", "rte",
+         _template("rte sentence1: {premise} sentence2: {hypothesis}")),
+    Task("wic", "WiC", _BOOL, "accuracy", "wic",
+         _template("wic sentence1: {sentence1} sentence2: {sentence2} word: {word}")),
+    # wsc.fixed: the HF config with the corrected span indices.
+    Task("wsc", "WSC", _BOOL, "accuracy", "wsc.fixed", _build_wsc),
+    Task("jsonl", "", None, "exact_match", "", _build_jsonl),
+]}
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`; ValueError listing the known ones otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def read_jsonl_lines(path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a jsonl file; one-line errors naming path:line."""
+    records = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{lineno}: not UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append((lineno, record))
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a jsonl file (blank lines skipped)."""
+    return [record for _, record in read_jsonl_lines(path)]
+
+
+def _split_path(task: Task, data_dir, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    return Path(data_dir) / task.dirname / f"{split}.jsonl"
+
+
+def _located(task: Task, path: Path) -> list[tuple[str, dict]]:
+    """("file:line", record) pairs; the generic task's records get their position as default idx."""
+    out = []
+    for position, (lineno, record) in enumerate(read_jsonl_lines(path)):
+        if task.name == "jsonl" and "idx" not in record:
+            record = {**record, "idx": position}
+        out.append((f"{path}:{lineno}", record))
+    return out
+
+
+def _expand(task: Task, located, train: bool, labelled: bool) -> list[Example]:
+    return [ex for where, record in located
+            for ex in task.examples(record, where, train=train, labelled=labelled)]
+
+
+def load_split(task: Task, data_dir, split: str, train: bool | None = None) -> list[Example]:
+    """Examples of `data_dir/<dirname>/<split>.jsonl`; `train` defaults to split == "train".
+
+    The test split is read unlabelled (label None, target "").
+    """
+    located = _located(task, _split_path(task, data_dir, split))
+    return _expand(task, located, split == "train" if train is None else train, split != "test")
+
+
+def load_hub_split(task: Task, split: str, train: bool | None = None) -> list[Example]:
+    """Examples of the Hugging Face `super_glue` dataset (needs the hub or its local cache)."""
+    if not task.hub_config:
+        raise ValueError(f"task {task.name} has no Hugging Face super_glue config")
+    _split_path(task, ".", split)  # validates the split name
+    import datasets  # deferred: only this function needs it
+
+    rows = datasets.load_dataset("super_glue", task.hub_config, split=_HUB_SPLITS[split])
+    located = [(f"super_glue/{task.hub_config}/{split}:{i}", dict(row)) for i, row in enumerate(rows)]
+    return _expand(task, located, split == "train" if train is None else train, split != "test")
+
+
+def _unit_key(task: Task, record: dict, position: int):
+    """Records that must stay together: the flat HF rows of one MultiRC paragraph / ReCoRD passage."""
+    idx = record.get("idx")
+    if isinstance(idx, dict) and task.name in ("multirc", "record"):
+        return idx.get("paragraph", idx.get("passage"))
+    return ("position", position)
+
+
+def _carve_positions(task: Task, records: list[dict], fraction: float, where=None):
+    """(train positions, dev positions): the last `fraction` (rounded down) of each label's units."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"dev fraction must be in [0, 1), got {fraction}")
+    units: dict = {}
+    for position, record in enumerate(records):
+        units.setdefault(_unit_key(task, record, position), []).append(position)
+    by_label: dict = {}
+    for positions in units.values():
+        record = records[positions[0]]
+        # MultiRC, ReCoRD and jsonl have no one label per unit: they form a single group.
+        label = (None if task.label_words is None or task.name == "multirc" else
+                 _label(task, record, where[positions[0]] if where else "record", True))
+        by_label.setdefault(label, []).append(positions)
+    dev = set()
+    for group in by_label.values():
+        n_dev = int(len(group) * fraction)
+        for positions in group[len(group) - n_dev:]:
+            dev.update(positions)
+    train = [p for p in range(len(records)) if p not in dev]
+    return train, sorted(dev)
+
+
+def carve_dev(records: list[dict], task: Task, fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """Split raw train records into (train, dev) as the SMoP code does: dev is the last `fraction`
+    of each label's records, in file order, per label (count rounded down). Works on records before
+    expansion, so a MultiRC paragraph (or all flat HF rows of one) never straddles the two sides;
+    MultiRC, ReCoRD and jsonl records are one group. Both sides keep file order.
+    """
+    train, dev = _carve_positions(task, records, fraction)
+    return [records[p] for p in train], [records[p] for p in dev]
+
+
+def paper_splits(task: Task, data_dir, fraction: float = 0.1) -> dict[str, list[Example]]:
+    """The SMoP paper's splits: {"train", "dev"} carved from train.jsonl by `carve_dev`, and "test" =
+    the official val.jsonl (SuperGLUE's test labels are hidden). dev and test are expanded for
+    evaluation (one ReCoRD Example per query), train for training.
+    """
+    located = _located(task, _split_path(task, data_dir, "train"))
+    train, dev = _carve_positions(task, [r for _, r in located], fraction, [w for w, _ in located])
+    return {"train": _expand(task, [located[p] for p in train], True, True),
+            "dev": _expand(task, [located[p] for p in dev], False, True),
+            "test": _expand(task, _located(task, _split_path(task, data_dir, "val")), False, True)}
