@@ -1,0 +1,63 @@
+"""Score a predictions file against a SuperGLUE split with the official (or SMoP) metrics.
+
+    python tools/evaluate.py --task rte --data_dir DIR --split val --predictions preds.jsonl
+
+`preds.jsonl` holds one {"idx": ..., "prediction": "..."} object per line; MultiRC and ReCoRD use their
+nested idx ({"paragraph", "question", "answer"} / {"passage", "query"}). Prints one JSON object of
+metrics (0-100). Bad input: one line on stderr naming file:line, exit code 2.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Run as a script, so the repository root is not on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer.metrics import VARIANTS, idx_key, score  # noqa: E402
+from trainer.tasks import SPLITS, get_task, load_split, read_jsonl_lines  # noqa: E402
+
+
+def read_predictions(path, examples) -> dict:
+    """{idx_key(idx): prediction}; every idx must belong to the split, and appear once."""
+    known = {idx_key(ex.idx) for ex in examples}
+    predictions = {}
+    for lineno, record in read_jsonl_lines(path):
+        where = f"{path}:{lineno}"
+        for field in ("idx", "prediction"):
+            if field not in record:
+                raise ValueError(f"{where}: missing field '{field}'")
+        if not isinstance(record["prediction"], str):
+            raise ValueError(f"{where}: 'prediction' must be a string, got {record['prediction']!r}")
+        key = idx_key(record["idx"])
+        if key not in known:
+            raise ValueError(f"{where}: idx {json.dumps(record['idx'])} is not in the split")
+        if key in predictions:
+            raise ValueError(f"{where}: duplicate idx {json.dumps(record['idx'])}")
+        predictions[key] = record["prediction"]
+    return predictions
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, help="boolq, cb, copa, multirc, record, rte, wic, wsc, jsonl")
+    parser.add_argument("--data_dir", required=True, help="folder holding <TASK>/<split>.jsonl")
+    parser.add_argument("--split", default="val", choices=SPLITS)
+    parser.add_argument("--predictions", required=True, help="jsonl of {idx, prediction}")
+    parser.add_argument("--variant", default="official", choices=VARIANTS)
+    args = parser.parse_args(argv)
+    try:
+        task = get_task(args.task)
+        # Evaluation layout: one ReCoRD example per query, whatever the split.
+        examples = load_split(task, args.data_dir, args.split, train=False)
+        predictions = read_predictions(args.predictions, examples)
+        metrics = score(task, examples, predictions, variant=args.variant)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
