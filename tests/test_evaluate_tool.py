@@ -1,0 +1,74 @@
+"""tools/evaluate.py run as a script, the way users call it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "superglue"
+
+
+def evaluate(task, predictions: list, tmp_path, *extra, raw: bytes | None = None):
+    path = tmp_path / "preds.jsonl"
+    path.write_bytes(raw if raw is not None else
+                     "".join(json.dumps(p) + "\n" for p in predictions).encode())
+    # Run from elsewhere: the script must find `trainer` by itself.
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--task", task, "--data_dir",
+         str(FIXTURES), "--split", "val", "--predictions", str(path), *extra],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60), path
+
+
+def test_rte_accuracy(tmp_path):
+    preds = [{"idx": 0, "prediction": "entailment"}, {"idx": 1, "prediction": "entailment"},
+             {"idx": 2, "prediction": "entailment"}, {"idx": 3, "prediction": "not_entailment"}]
+    result, _ = evaluate("rte", preds, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"accuracy": 75.0}
+
+
+def multirc_predictions():
+    # Every answer right except paragraph 0 / question 0 / answer 2 (gold True).
+    preds = []
+    for line in (FIXTURES / "MultiRC" / "val.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for q in record["passage"]["questions"]:
+            for a in q["answers"]:
+                idx = {"paragraph": record["idx"], "question": q["idx"], "answer": a["idx"]}
+                wrong = idx == {"paragraph": 0, "question": 0, "answer": 2}
+                preds.append({"idx": idx, "prediction": "False" if wrong or not a["label"] else "True"})
+    return preds
+
+
+def test_multirc_official_and_smop(tmp_path):
+    # 12 answers, 7 True: TP 6, FN 1 -> F1a 12/13; 5 questions, one wrong -> EM 80.
+    result, _ = evaluate("multirc", multirc_predictions(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics == {"f1a": pytest.approx(100 * 12 / 13), "em": 80.0}
+    # False: TP 5, FP 1 -> 10/11; macro over the two classes.
+    result, _ = evaluate("multirc", multirc_predictions(), tmp_path, "--variant", "smop")
+    assert json.loads(result.stdout) == {"macro_f1": pytest.approx(100 * (12 / 13 + 10 / 11) / 2)}
+
+
+def test_record_nested_idx(tmp_path):
+    preds = [{"idx": {"passage": 1, "query": 2}, "prediction": "Kestrel Cup"}]
+    result, _ = evaluate("record", preds, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"f1": 20.0, "em": 20.0}  # 1 of 5 queries
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"idx": 0, "prediction": "entailment"}\n{"idx": 1, "prediction": \n', ":2: not valid JSON ("),
+    (b'{"idx": 0, "prediction": "entailment"}\n{"idx": 1}\n', ":2: missing field 'prediction'"),
+    (b'{"idx": 0, "prediction": "entailment"}\n{"idx": 0, "prediction": "x"}\n', ":2: duplicate idx 0"),
+    (b'{"idx": 99, "prediction": "entailment"}\n', ":1: idx 99 is not in the split"),
+])
+def test_malformed_predictions_exit_2(tmp_path, raw, message):
+    result, path = evaluate("rte", [], tmp_path, raw=raw)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}{message}")
