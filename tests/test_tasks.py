@@ -1,11 +1,13 @@
 """Text-to-text formats, Hugging Face/official equivalence, dev carving and error messages."""
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from trainer.tasks import (TASKS, Example, carve_dev, get_task, load_split, paper_splits,
-                           read_jsonl)
+from trainer.tasks import (TASKS, Example, carve_dev, get_task, load_hub_split, load_split,
+                           paper_splits, read_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 SUPERGLUE = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"]
@@ -105,6 +107,16 @@ def test_hub_records_give_same_examples(name, train):
     assert isinstance(hub[0].label, int) or name == "record"
 
 
+def test_load_hub_split_feeds_rows_to_examples(monkeypatch):
+    # The hub is unreachable here: stand in for `datasets` and check the call and the conversion.
+    calls = []
+    rows = [row for r in read_jsonl(FIXTURES / "WSC" / "val.jsonl") for row in to_hub("wsc", r)]
+    fake = types.SimpleNamespace(load_dataset=lambda *a, **k: calls.append((a, k)) or rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    assert load_hub_split(get_task("wsc"), "val") == load_split(get_task("wsc"), FIXTURES, "val")
+    assert calls == [(("super_glue", "wsc.fixed"), {"split": "validation"})]
+
+
 def test_hub_test_rows_are_unlabelled():
     (ex,) = get_task("rte").examples({"premise": "a", "hypothesis": "b", "idx": 3, "label": -1},
                                      labelled=False)
@@ -148,7 +160,8 @@ def test_paper_splits_use_val_as_test():
 
 
 def test_generic_jsonl_task(tmp_path):
-    (tmp_path / "val.jsonl").write_text('{"input": "2+2", "target": "4"}\n{"input": "x", "target": "y", "idx": "k"}\n')
+    (tmp_path / "val.jsonl").write_text(
+        '{"input": "2+2", "target": "4"}\n{"input": "x", "target": "y", "idx": "k"}\n')
     examples = load_split(get_task("jsonl"), tmp_path, "val")
     assert examples == [Example("2+2", "4", 0, None), Example("x", "y", "k", None)]
 

@@ -40,7 +40,7 @@ def read_predictions(path, examples) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", required=True, help="boolq, cb, copa, multirc, record, rte, wic, wsc, jsonl")
+    parser.add_argument("--task", required=True, help="a SuperGLUE task name, or jsonl")
     parser.add_argument("--data_dir", required=True, help="folder holding <TASK>/<split>.jsonl")
     parser.add_argument("--split", default="val", choices=SPLITS)
     parser.add_argument("--predictions", required=True, help="jsonl of {idx, prediction}")

@@ -52,13 +52,13 @@ class Task:
 
     def examples(self, record: dict, where: str = "", *, train: bool = False,
                  labelled: bool = True) -> list[Example]:
-        """Convert one raw record into Examples.
+        """Convert one raw record (official or HF layout) into Examples.
 
         Args:
-            record: one jsonl record (official or Hugging Face layout).
-            where: "file:line" used in error messages.
-            train: ReCoRD only: one Example per gold answer (training) instead of one per query.
-            labelled: the record must carry its label (False for test splits: label None, target "").
+            where: "file:line" for error messages.
+            train: ReCoRD only: one Example per gold answer instead of one per query.
+            labelled: the label is required; if False (test splits) it may be absent or -1 (HF),
+                giving label None and target "".
         """
         where = where or "record"
         if not isinstance(record, dict):
@@ -157,8 +157,11 @@ def _build_record(task, record, where, train, labelled):
     if isinstance(record.get("passage"), dict):
         passage = record["passage"]
         text = _get(passage, "text", where, task, "passage.")
-        spans = _get(passage, "entities", where, task, "passage.")
-        entities = sorted({text[s["start"]:s["end"] + 1] for s in spans})
+        entities = set()
+        for i, span in enumerate(_get(passage, "entities", where, task, "passage.")):
+            start, end = (_get(span, k, where, task, f"passage.entities[{i}].") for k in ("start", "end"))
+            entities.add(text[start:end + 1])  # official `end` is inclusive
+        entities = sorted(entities)
         queries = []
         for qi, qa in enumerate(_get(record, "qas", where, task)):
             path = f"qas[{qi}]."
@@ -234,6 +237,7 @@ _BOOL = ("False", "True")
 TASKS = {t.name: t for t in [
     Task("boolq", "BoolQ", _BOOL, "accuracy", "boolq",
          _template("boolq passage: {passage} question: {question}")),
+    # The SMoP code spells CB's key "hyopthesis"; method.md corrects it.
     Task("cb", "CB", ("entailment", "contradiction", "neutral"), "accuracy_macro_f1", "cb",
          _template("cb hypothesis: {hypothesis} premise: {premise}")),
     Task("copa", "COPA", ("choice1", "choice2"), "accuracy", "copa",
