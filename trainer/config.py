@@ -1,0 +1,352 @@
+"""The run configuration: typed sections, YAML presets, dotted command-line overrides.
+
+A run is described by one `RunConfig`. Presets in `configs/*.yaml` give values for some fields; overrides
+such as `train.lr=0.3` change single fields on the command line. Every value is checked against the field's
+type once, here, and cross-field rules are checked in `validate` so bad input fails before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_DATA_DIR = REPO_ROOT / "trainer" / "assets" / "superglue_tiny"
+
+
+class Method(str, enum.Enum):
+    SMOP = "smop"
+    PROMPT_TUNING = "prompt_tuning"
+
+
+class Routing(str, enum.Enum):
+    SMOP = "smop"
+    TOP1 = "top1"
+    TOPK = "topk"
+    DENSE = "dense"
+    GUMBEL = "gumbel"
+    RANDOM = "random"
+
+
+class PromptInit(str, enum.Enum):
+    NORMAL = "normal"
+    UNIFORM = "uniform"
+    VOCAB = "vocab"
+    TEXT = "text"
+
+
+class OptimizerName(str, enum.Enum):
+    ADAMW = "adamw"
+    ADAFACTOR = "adafactor"
+
+
+class Schedule(str, enum.Enum):
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class DataSource(str, enum.Enum):
+    LOCAL = "local"
+    HUB = "hub"
+
+
+@dataclass
+class TinyT5Config:
+    """Shape of the random T5 built when `model.name_or_path` is 'tiny' (T5 v1.1 layout, gated-GELU)."""
+
+    d_model: int = 128
+    """Model width d."""
+    d_ff: int = 512
+    """Feed-forward width."""
+    d_kv: int = 32
+    """Width of one attention head."""
+    num_heads: int = 4
+    """Attention heads per layer."""
+    num_layers: int = 4
+    """Encoder layers (and decoder layers)."""
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes the tokenizer's."""
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone."""
+
+    name_or_path: str = "tiny"
+    """'tiny': a random T5 from `model.tiny`; else a hub name (google/t5-xl-lm-adapt) or a save_pretrained dir."""
+    tokenizer: str = ""
+    """Tokenizer name or dir. Empty: the model's own; for 'tiny', a sentencepiece model trained on the data."""
+    tiny: TinyT5Config = field(default_factory=TinyT5Config)
+    """Shape of the 'tiny' backbone."""
+    dropout: typing.Optional[float] = None
+    """Backbone dropout rate; None keeps the checkpoint's (T5: 0.1). The frozen backbone still drops out."""
+    trust_remote_code: bool = False
+    """Allow code shipped with a hub checkpoint to run. Off unless you trust the checkpoint."""
+
+
+@dataclass
+class PromptConfig:
+    """The trainable prompts and their router."""
+
+    method: Method = Method.SMOP
+    """'smop' (k prompts and a router) or 'prompt_tuning' (one prompt, no router: set num_prompts=1)."""
+    num_prompts: int = 4
+    """k, the number of soft prompts."""
+    prompt_length: int = 5
+    """l, the tokens in one prompt."""
+    routing: Routing = Routing.SMOP
+    """Routing variant: smop, top1, topk, dense, gumbel or random (see README)."""
+    top_k: int = 2
+    """Prompts mixed per example by the 'topk' variant."""
+    noise_scale: float = 1.0
+    """sigma of the multiplicative Gaussian logit noise of 'smop' routing (training only)."""
+    gumbel_temperature: float = 1.0
+    """Temperature of the 'gumbel' variant."""
+    balance_coef: float = 0.0
+    """alpha of the Switch-style load-balancing loss; > 0 turns on the '+balance' variant (paper: 0.01)."""
+    init: PromptInit = PromptInit.NORMAL
+    """Prompt init: normal N(0,1) (official code), uniform U[-0.5,0.5], vocab (sampled token embeddings), text."""
+    init_text: str = ""
+    """Text whose token embeddings initialise every prompt when init=text (repeated or cut to l)."""
+    init_vocab_top: int = 5000
+    """init=vocab samples from the ids below this (sentencepiece ids run roughly by frequency)."""
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how they are cut."""
+
+    task: str = "rte"
+    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc) or 'jsonl'."""
+    data_dir: str = ""
+    """Directory in the official layout (RTE/train.jsonl, RTE/val.jsonl); empty: the embedded tiny data."""
+    source: DataSource = DataSource.LOCAL
+    """'local' reads data_dir; 'hub' calls datasets.load_dataset('super_glue', task)."""
+    train_split: str = "train"
+    """Split trained on."""
+    eval_split: str = "val"
+    """Split evaluated on."""
+    max_source_length: int = 512
+    """Encoder length including the l prompt positions and the final </s>."""
+    max_target_length: int = 16
+    """Target tokens including </s>."""
+    max_eval_examples: int = 0
+    """Evaluate on at most this many examples; 0: all."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the training loop."""
+
+    max_steps: int = 300
+    """Optimiser steps."""
+    micro_batch_size: int = 8
+    """Examples per rank per forward."""
+    grad_accum_steps: int = 1
+    """Micro batches per optimiser step. Ignored when global_batch_size is set."""
+    global_batch_size: int = 0
+    """Examples per optimiser step over all ranks; 0: micro_batch_size x grad_accum_steps x world size."""
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    """adamw, or adafactor (the papers': no relative step, no parameter scaling)."""
+    lr: float = 0.3
+    """Peak learning rate (prompt tuning uses large rates: 0.3 to 0.5)."""
+    weight_decay: float = 1e-5
+    """Decoupled weight decay."""
+    warmup_ratio: float = 0.06
+    """Fraction of max_steps spent warming up linearly."""
+    schedule: Schedule = Schedule.LINEAR
+    """After warm-up: 'linear' decay to 0 or 'constant'."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm of the trainable parameters; 0 disables."""
+    log_every: int = 10
+    """Steps between train log events (loss, lr, routing fractions)."""
+    eval_every: int = 100
+    """Steps between evaluations; 0: only at the end."""
+    check_replicas_every: int = 0
+    """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
+
+
+class EvalMode(str, enum.Enum):
+    GENERATE = "generate"
+    RANK = "rank"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation."""
+
+    mode: EvalMode = EvalMode.RANK
+    """'generate' (greedy decoding, the paper's) or 'rank' (score each label word, pick the best; tasks
+    without label words, ReCoRD and jsonl, are still generated)."""
+    batch_size: int = 16
+    """Examples per rank per generate call."""
+    max_new_tokens: int = 8
+    """Tokens generated per example."""
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    output_dir: str = "runs/tiny"
+    """Receives the resolved config, ds_config, metrics.jsonl, TensorBoard events and the adapter."""
+    ds_config: str = "ds_configs/cpu_zero3.json"
+    """DeepSpeed JSON (ZeRO stage, precision, offload). Batch keys are filled from `train`."""
+    seed: int = 42
+    """Seeds model init, prompts, data order and router noise."""
+    overwrite: bool = False
+    """Allow an output_dir that holds a run with a different config."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
+    """Defaults, then the preset file, then `key.sub=value` overrides; validated."""
+    cfg = RunConfig()
+    if preset:
+        path = Path(preset)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{preset}: cannot read preset ({e.__class__.__name__}: {e})".splitlines()[0]) from e
+        if not isinstance(tree, dict):
+            raise ValueError(f"{preset}: a preset must be a mapping of config sections")
+        for key, value in _flatten(tree):
+            _set(cfg, key, value, where=preset)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override '{item}' is not key=value")
+        _set(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "", where="command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field rules; raises ValueError naming the key at fault."""
+    p, t, d = cfg.prompt, cfg.train, cfg.data
+    positive = {"prompt.num_prompts": p.num_prompts, "prompt.prompt_length": p.prompt_length,
+                "train.max_steps": t.max_steps, "train.micro_batch_size": t.micro_batch_size,
+                "train.grad_accum_steps": t.grad_accum_steps, "train.log_every": t.log_every,
+                "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key}={value}: must be at least 1")
+    if p.method == Method.PROMPT_TUNING and p.num_prompts != 1:
+        raise ValueError(f"prompt.num_prompts={p.num_prompts}: prompt_tuning uses one prompt; set it to 1")
+    if p.routing == Routing.TOPK and not 1 <= p.top_k <= p.num_prompts:
+        raise ValueError(f"prompt.top_k={p.top_k}: must lie in 1..prompt.num_prompts ({p.num_prompts})")
+    if p.init == PromptInit.TEXT and not p.init_text:
+        raise ValueError("prompt.init_text: required when prompt.init=text")
+    if d.max_source_length <= p.prompt_length + 1:
+        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed prompt_length + 1 "
+                         f"({p.prompt_length + 1}) to leave room for input tokens and </s>")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
+    for key, value in {"train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
+                       "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm}.items():
+        if value < 0:
+            raise ValueError(f"{key}={value}: must not be negative")
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (enums as their values), for writing the resolved config."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
+def field_docs(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, object]]:
+    """(dotted key, docstring, default) for every leaf field: the README's flag table is generated from this."""
+    import ast
+    import inspect
+
+    docs, tree = {}, ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = nxt.value.value
+    rows = []
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_type(cls, f.name)
+        if sub is not None:
+            rows += field_docs(sub, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, docs.get(f.name, ""), getattr(default, "value", default)))
+    return rows
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + str(key), value
+
+
+def _dataclass_type(cls, name: str):
+    hint = typing.get_type_hints(cls)[name]
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _set(cfg: RunConfig, key: str, value, where: str) -> None:
+    *path, leaf = key.split(".")
+    node, walked = cfg, []
+    for part in path:
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ValueError(f"{where}: unknown config key '{key}'")
+        node, walked = getattr(node, part), walked + [part]
+        if not dataclasses.is_dataclass(node):
+            raise ValueError(f"{where}: unknown config key '{key}' ({'.'.join(walked)} is not a section)")
+    names = {f.name for f in dataclasses.fields(node)}
+    if leaf not in names:
+        section = ".".join(walked) or "the top level"
+        raise ValueError(f"{where}: unknown config key '{key}'; known in {section}: {', '.join(sorted(names))}")
+    if _dataclass_type(type(node), leaf) is not None:
+        raise ValueError(f"{where}: '{key}' is a section; set its fields, e.g. {key}.<field>=...")
+    setattr(node, leaf, _coerce(typing.get_type_hints(type(node))[leaf], value, key, where))
+
+
+def _coerce(hint, value, key: str, where: str):
+    """Check `value` against the annotation `hint` and convert where it is unambiguous."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    bad = ValueError(f"{where}: {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(str(value))
+        except ValueError:
+            raise ValueError(f"{where}: {key}: {value!r} is not one of {', '.join(m.value for m in hint)}") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if hint is str:
+        return "" if value is None else str(value)
+    raise bad

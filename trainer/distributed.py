@@ -1,0 +1,176 @@
+"""The distributed seam: process groups, collectives, ZeRO-3 construction and gathering.
+
+Nothing else in the trainer imports torch.distributed or deepspeed. The design (see README, "How the work
+is split across ranks"): DeepSpeed ZeRO-3 shards and gathers the frozen backbone; the SMoP parameters live
+outside the engine, replicated and fp32 on every rank, updated by a plain torch optimiser after one
+all-reduce of their gradients. Every rank therefore applies the same update to the same values.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(timeout_minutes: float = 30.0) -> Dist:
+    """Join the process group of whichever launcher started us (deepspeed, torchrun, mpirun, Slurm srun).
+
+    A plain `python trainer/main.py` has no launcher: we make it a world of one rather than let DeepSpeed
+    fall back to MPI discovery, which fails where no MPI runtime is installed.
+    """
+    under_mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
+    if "RANK" not in os.environ and not under_mpi:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    accelerator = get_accelerator()
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(),
+                               timeout=datetime.timedelta(minutes=timeout_minutes))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if accelerator.device_name() == "cpu":
+        device = torch.device("cpu")
+        _share_cpu_cores(int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+    else:
+        accelerator.set_device(local_rank)
+        device = torch.device(accelerator.device_name(), local_rank)
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def _share_cpu_cores(local_ranks: int) -> None:
+    # Each rank's PyTorch would otherwise use every core; 2 ranks on 2 cores then run at half speed.
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_ranks)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- collectives --------------------------------------------------------------------------------------
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place; returns the tensor."""
+    if dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients of replicated parameters over ranks with one flat all-reduce.
+
+    The loss is already divided by the global token count, so the sum is the global-batch gradient.
+    """
+    if dist.get_world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = chunk.view_as(p).clone()
+
+
+def broadcast_params(params: list[torch.nn.Parameter], src: int = 0) -> None:
+    """Make every rank start from rank `src`'s values (guards against any init that drew different numbers)."""
+    if dist.get_world_size() > 1:
+        for p in params:
+            dist.broadcast(p.data, src=src)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def replicas_identical(params: list[torch.nn.Parameter]) -> bool:
+    """True when every rank holds bit-identical values of `params` (compared exactly, not by checksum)."""
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    if dist.get_world_size() == 1:
+        return True
+    everyone = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, flat)
+    return all(torch.equal(everyone[0], other) for other in everyone[1:])
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --- ZeRO-3 -------------------------------------------------------------------------------------------
+
+def is_zero3(ds_config: dict) -> bool:
+    return ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+
+
+@contextlib.contextmanager
+def zero3_construction(ds_config: dict):
+    """While open, transformers builds and loads models straight into ZeRO-3 partitions (zero.Init), so no
+    rank ever holds the whole backbone. A no-op for other stages."""
+    if not is_zero3(ds_config):
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep_alive = HfDeepSpeedConfig(ds_config)  # transformers consults it through a weak reference
+    try:
+        yield
+    finally:
+        del keep_alive
+
+
+_ENGINES: list = []
+
+
+def shard_backbone(model: torch.nn.Module, ds_config: dict) -> torch.nn.Module:
+    """Hand the frozen backbone to DeepSpeed, which installs the hooks that gather each module's weights
+    for its forward and backward. No optimiser: nothing in the backbone trains.
+
+    Returns the module to call. Call it directly, not through `engine.forward`: the engine's forward
+    expects `engine.backward`, which needs an engine optimiser that this design does not have.
+    """
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    _ENGINES.append(engine)  # keep the engine, which owns the gather/release hooks, alive for the process
+    return engine.module
+
+
+def gathered(params, modifier_rank: int | None = None):
+    """Context in which ZeRO-3 partitioned `params` are whole on every rank; a no-op for plain tensors."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def numel(p: torch.nn.Parameter) -> int:
+    """Full element count, also of a ZeRO-3 partitioned parameter (whose .numel() is 0 outside a gather)."""
+    return p.ds_numel if hasattr(p, "ds_id") else p.numel()
+
+
+def is_partitioned(p: torch.nn.Parameter) -> bool:
+    return hasattr(p, "ds_id")

@@ -1,0 +1,185 @@
+"""The training loop and evaluation."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from trainer import distributed
+from trainer.config import EvalMode, RunConfig
+from trainer.data import Encoded, TrainOrder, collate, eval_shards
+from trainer.distributed import Dist
+from trainer.metrics import idx_key, score
+from trainer.model import PromptedT5
+from trainer.monitor import Monitor, routing_summary
+from trainer.tasks import get_task
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built by main()."""
+
+    cfg: RunConfig
+    dist: Dist
+    model: PromptedT5
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_data: Encoded
+    eval_data: Encoded
+    order: TrainOrder
+    micro_batch: int
+    accum_steps: int
+    tokenizer: object
+    monitor: Monitor
+    task_names: list[str]
+    step: int = 0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def label_words(self) -> tuple[str, ...] | None:
+        """The label words shared by every evaluated task (rank classification needs one set)."""
+        words = {get_task(name).label_words for name in self.task_names}
+        return words.pop() if len(words) == 1 else None
+
+    @property
+    def label_ids(self) -> list[torch.Tensor]:
+        eos = self.tokenizer.eos_token_id
+        return [torch.tensor(self.tokenizer(w, add_special_tokens=False).input_ids + [eos]) for w in self.label_words]
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.smop.parameters() if p.requires_grad]
+
+
+def train(run: Run) -> dict:
+    """Run to train.max_steps, evaluating every train.eval_every steps and at the end."""
+    cfg = run.cfg.train
+    reset_stats(run)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not run.dist.is_main, desc="train", unit="step")
+    started, last_eval = time.time(), {}
+    while run.step < cfg.max_steps:
+        train_step(run)
+        run.step += 1
+        bar.update(1)
+        maybe_log(run, bar, started)
+        maybe_check_replicas(run)
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
+            last_eval = evaluate(run)
+    bar.close()
+    return evaluate(run) if run.step == cfg.max_steps else last_eval
+
+
+def train_step(run: Run) -> None:
+    """One optimiser step over the global batch: accumulate micro batches, all-reduce, update."""
+    d, k = run.dist, run.model.smop.num_prompts
+    rows = run.order.global_indices(run.step)
+    noise = run.order.noise(run.step, k)
+    micro = run.order.micro_batches(run.step, d.rank, d.world_size, run.micro_batch)
+    batches = [collate(run.train_data, [rows[i] for i in m], run.tokenizer.pad_token_id) for m in micro]
+    # Normalise by the target tokens of the whole global batch (one scalar all-reduce), so the gradient
+    # does not depend on how the batch is split over ranks and micro batches.
+    tokens = distributed.all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).float().to(d.device))
+    run.model.train()
+    for batch, positions in zip(batches, micro):
+        batch = {key: value.to(d.device) for key, value in batch.items()}
+        loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions].to(d.device))
+        aux = routing.aux_loss / (len(micro) * d.world_size)
+        (loss_sum / tokens + aux).backward()
+        run.stats["loss_sum"] += loss_sum.detach()
+        run.stats["tokens"] += n_tokens
+        run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
+                                       accumulate=True)
+    distributed.all_reduce_grads(run.params)
+    if run.cfg.train.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def reset_stats(run: Run) -> None:
+    device, k = run.dist.device, run.model.smop.num_prompts
+    run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device),
+                 "counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device)}
+
+
+def maybe_log(run: Run, bar, started: float) -> None:
+    """Every train.log_every steps: all-reduce loss and routing counts (every rank's examples count), log."""
+    if run.step % run.cfg.train.log_every and run.step != run.cfg.train.max_steps:
+        return
+    s = run.stats
+    totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
+    counts = distributed.all_reduce_sum(s["counts"].clone())
+    loss = float(totals[0] / totals[1].clamp(min=1))
+    event = {"event": "train", "step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+             "elapsed_s": round(time.time() - started, 2), **routing_summary(counts.cpu(), run.task_names)}
+    run.monitor.log(event)
+    bar.set_postfix(loss=f"{loss:.4f}", balance=f"{event['routing_entropy']:.2f}")
+    reset_stats(run)
+
+
+def maybe_check_replicas(run: Run) -> None:
+    """The design promises replicated fp32 trainable parameters that no rank lets drift: check it."""
+    every = run.cfg.train.check_replicas_every
+    if not every or run.step % every:
+        return
+    params = list(run.model.smop.parameters())
+    identical = distributed.replicas_identical(params)
+    run.monitor.log({"event": "replica_check", "step": run.step, "identical": identical,
+                     "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),
+                     "partitioned": any(distributed.is_partitioned(p) for p in params)})
+    if not identical:
+        raise RuntimeError(f"step {run.step}: trainable parameters differ between ranks")
+
+
+def evaluate(run: Run) -> dict:
+    """Generate on the evaluation set sharded over ranks; every example is predicted exactly once."""
+    d, data, e = run.dist, run.eval_data, run.cfg.eval
+    run.model.train(False)
+    started, mine = time.time(), []
+    counts = torch.zeros(len(run.task_names), run.model.smop.num_prompts, dtype=torch.long)
+    for indices in eval_shards(len(data.examples), d.rank, d.world_size, e.batch_size):
+        batch = collate(data, indices or [0], run.tokenizer.pad_token_id)  # placeholder keeps ranks in step
+        batch = {key: value.to(d.device) for key, value in batch.items()}
+        texts, routing = predict(run, batch)
+        for i, text, prompt in zip(indices, texts, routing.index.tolist()):
+            mine.append((i, text, prompt))
+            counts[data.task_ids[i], prompt] += 1
+    predicted = [item for part in distributed.all_gather_objects(mine) for item in part]
+    counts = distributed.all_reduce_sum(counts.to(d.device)).cpu()
+    event = {"event": "eval", "step": run.step, "eval_s": round(time.time() - started, 2),
+             "num_examples": len(predicted)}
+    for t, name in enumerate(run.task_names):
+        rows = sorted((i, text, prompt) for i, text, prompt in predicted if data.task_ids[i] == t)
+        examples = [data.examples[i] for i, _, _ in rows]
+        predictions = {idx_key(data.examples[i].idx): text for i, text, _ in rows}
+        metrics = score(get_task(name), examples, predictions)
+        event.update({f"{name}/{key}": value for key, value in metrics.items()})
+        write_predictions(run, name, rows)
+    event.update(routing_summary(counts, run.task_names))
+    run.monitor.log(event)
+    return event
+
+
+def predict(run: Run, batch: dict) -> tuple[list[str], object]:
+    """Predicted texts of a batch: the best-scoring label word (eval.mode=rank) or a greedy generation."""
+    label_words = run.label_words
+    if run.cfg.eval.mode == EvalMode.RANK and label_words:
+        scores, routing = run.model.score_candidates(batch, run.label_ids)
+        return [label_words[i] for i in scores.argmax(-1).tolist()], routing
+    out, routing = run.model.generate(batch, run.cfg.eval.max_new_tokens, synced_gpus=run.dist.world_size > 1)
+    return [text.strip() for text in run.tokenizer.batch_decode(out, skip_special_tokens=True)], routing
+
+
+def write_predictions(run: Run, task: str, rows: list) -> None:
+    """predictions-<task>-<step>.jsonl in the scorer's format, plus the prompt each example was routed to."""
+    if not run.dist.is_main:
+        return
+    path = Path(run.cfg.output_dir) / f"predictions-{task}-{run.step}.jsonl"
+    with open(path, "w") as f:
+        for i, text, prompt in rows:
+            f.write(json.dumps({"idx": run.eval_data.examples[i].idx, "prediction": text, "prompt": prompt}) + "\n")

@@ -1,0 +1,215 @@
+"""Entry point: `deepspeed --num_gpus N trainer/main.py [--config PRESET.yaml] [key=value ...]`.
+
+Also runs under torchrun, mpirun, srun, or as a plain `python trainer/main.py` (one rank). With no
+arguments it trains SMoP on the embedded tiny default: a random T5 and small SuperGLUE-format data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# Run as a script, Python puts trainer/ (not the repository) on sys.path; the package needs the latter.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from trainer import distributed  # noqa: E402
+from trainer.backbone import build_backbone  # noqa: E402
+from trainer.config import REPO_ROOT, PromptInit, RunConfig, load_config, to_dict  # noqa: E402
+from trainer.data import TrainOrder, encode, load_examples, task_names  # noqa: E402
+from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
+from trainer.loop import Run, train  # noqa: E402
+from trainer.model import PromptedT5  # noqa: E402
+from trainer.monitor import Monitor  # noqa: E402
+from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
+from trainer.smop import SMoP, init_prompts  # noqa: E402
+from trainer.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML run preset (configs/*.yaml); default: the embedded tiny run")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Inputs:
+    """What is read and checked before any process group exists, so bad input fails fast on every rank."""
+
+    cfg: RunConfig
+    ds_config: dict
+    train_examples: list
+    train_tasks: list[int]
+    eval_examples: list
+    eval_tasks: list[int]
+    tokenizer: object
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        inputs = read_inputs(args.config, args.overrides)
+        dist = distributed.init()
+        run = build_run(inputs, dist)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if dist.is_main:
+        write_run_files(run, inputs.ds_config)
+        describe(run)
+    result = train(run)
+    if dist.is_main:
+        save_file({name: t.detach().cpu().contiguous() for name, t in run.model.smop.state_dict().items()},
+                  str(Path(run.cfg.output_dir) / "smop_final.safetensors"))
+        print_result(result)
+    run.monitor.close()
+    distributed.barrier()
+    distributed.destroy()
+    return 0
+
+
+def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
+    cfg = load_config(preset, overrides)
+    ds_config = load_ds_config(_resolve(cfg.ds_config))
+    check_output_dir(cfg)
+    train_examples, train_tasks = load_examples(cfg.data, cfg.data.train_split)
+    eval_examples, eval_tasks = load_examples(cfg.data, cfg.data.eval_split)
+    if cfg.data.max_eval_examples:
+        eval_examples, eval_tasks = (eval_examples[: cfg.data.max_eval_examples],
+                                     eval_tasks[: cfg.data.max_eval_examples])
+    tokenizer = build_tokenizer(cfg, train_examples)
+    return Inputs(cfg, ds_config, train_examples, train_tasks, eval_examples, eval_tasks, tokenizer)
+
+
+def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
+    """Batch sizes, ds_config, tokenised data, the sharded backbone, SMoP and its optimiser."""
+    cfg, tokenizer = inputs.cfg, inputs.tokenizer
+    micro, accum, global_batch = resolve_batch(cfg.train, dist.world_size)
+    ds_config = merge_batch(inputs.ds_config, micro, accum, global_batch, cfg.ds_config)
+    inputs.ds_config = ds_config
+    torch.manual_seed(cfg.seed)
+    p, d = cfg.prompt, cfg.data
+    train_data = encode(inputs.train_examples, inputs.train_tasks, tokenizer, d.max_source_length,
+                        p.prompt_length, d.max_target_length)
+    eval_data = encode(inputs.eval_examples, inputs.eval_tasks, tokenizer, d.max_source_length,
+                       p.prompt_length, d.max_target_length)
+    backbone = distributed.shard_backbone(
+        build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config)), ds_config)
+    smop = build_smop(cfg, backbone, tokenizer).to(dist.device)
+    distributed.broadcast_params(list(smop.parameters()))
+    optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], cfg.train)
+    return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
+               scheduler=build_scheduler(optimizer, cfg.train), train_data=train_data, eval_data=eval_data,
+               order=TrainOrder(len(train_data.examples), global_batch, cfg.seed), micro_batch=micro,
+               accum_steps=accum, tokenizer=tokenizer, monitor=Monitor(cfg.output_dir, dist.is_main),
+               task_names=task_names(d))
+
+
+def build_tokenizer(cfg: RunConfig, train_examples):
+    name = cfg.model.tokenizer or ("" if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path)
+    if name:
+        return load_tokenizer(name, cfg.model.trust_remote_code)
+    from trainer.tasks import get_task
+
+    texts = [ex.input for ex in train_examples] + [ex.target for ex in train_examples]
+    words = tuple(w for name in task_names(cfg.data) for w in (get_task(name).label_words or ()))
+    return train_tokenizer(texts, whole_words=tuple(dict.fromkeys(words)))
+
+
+def build_smop(cfg: RunConfig, backbone, tokenizer) -> SMoP:
+    """The prompt bank and router, initialised identically on every rank (same seed, same ids)."""
+    p = cfg.prompt
+    smop = SMoP(backbone.config.d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k,
+                p.noise_scale, p.gumbel_temperature, p.balance_coef)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ids = None
+    if p.init == PromptInit.VOCAB:
+        top = min(p.init_vocab_top, len(tokenizer))
+        ids = torch.randint(3, top, (p.num_prompts, p.prompt_length), generator=gen)  # skip pad, </s>, unk
+    elif p.init == PromptInit.TEXT:
+        text_ids = tokenizer(p.init_text, add_special_tokens=False).input_ids
+        repeated = (text_ids * (p.prompt_length // max(1, len(text_ids)) + 1))[: p.prompt_length]
+        ids = torch.tensor(repeated).expand(p.num_prompts, -1)
+    init_prompts(smop, p.init.value, backbone.get_input_embeddings(), ids, gen)
+    return smop
+
+
+def check_output_dir(cfg: RunConfig) -> None:
+    """Refuse to mix two different runs in one output_dir (checked on every rank: same filesystem)."""
+    out = Path(cfg.output_dir)
+    previous = out / "config.yaml"
+    if previous.exists() and not cfg.overwrite:
+        if yaml.safe_load(previous.read_text()) != to_dict(cfg):
+            raise ValueError(f"output_dir '{out}' holds a run with a different config ({previous}); "
+                             "choose another output_dir or pass overwrite=true")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output_dir '{out}' is not writable ({e.strerror})") from None
+
+
+def write_run_files(run: Run, ds_config: dict) -> None:
+    """Enough beside the outputs to reproduce the run: config, ds_config, revision, world size, job id."""
+    cfg, world_size, tokenizer = run.cfg, run.dist.world_size, run.tokenizer
+    out = Path(cfg.output_dir)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
+    info = {"git_revision": _git_revision(), "world_size": world_size, "command": sys.argv,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "torch": torch.__version__,
+            "deepspeed": __import__("deepspeed").__version__, "transformers": __import__("transformers").__version__}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+
+
+def describe(run: Run) -> None:
+    smop, cfg = run.model.smop, run.cfg
+    trainable = sum(p.numel() for p in smop.parameters())
+    frozen = sum(distributed.numel(p) for p in run.model.backbone.parameters())
+    stage = json.loads((Path(cfg.output_dir) / "ds_config.json").read_text()).get("zero_optimization", {})
+    print(f"world {run.dist.world_size} | batch {run.micro_batch} x accum {run.accum_steps} x world "
+          f"{run.dist.world_size} = {run.order.global_batch} | ZeRO stage {stage.get('stage', 0)}")
+    print(f"backbone {cfg.model.name_or_path}: {frozen:,} frozen params | {cfg.prompt.method.value}: "
+          f"{smop.num_prompts} x {smop.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
+          f"{trainable:,} trainable params")
+    truncated = run.train_data.truncated + run.eval_data.truncated
+    print(f"data {cfg.data.task}: {len(run.train_data.examples)} train, {len(run.eval_data.examples)} eval"
+          + (f", {truncated} inputs truncated to max_source_length" if truncated else ""))
+
+
+def print_result(event: dict) -> None:
+    metrics = {k: v for k, v in event.items() if "/" in k}
+    fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
+    print(f"eval at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    print(f"routing: fractions [{fractions}], normalised entropy {event['routing_entropy']:.3f}, "
+          f"cv {event['routing_cv']:.3f}")
+
+
+def _resolve(path: str) -> str:
+    """Shipped paths (ds_configs/..., configs/...) work from any working directory."""
+    return path if Path(path).exists() or Path(path).is_absolute() else str(REPO_ROOT / path)
+
+
+def _git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

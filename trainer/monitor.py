@@ -1,0 +1,62 @@
+"""What a run reports: metrics.jsonl, TensorBoard scalars and routing-balance summaries.
+
+Only rank 0 writes; the loop calls `log` on every rank and the monitor decides, so no rank checks are
+scattered through the loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+def routing_summary(counts: torch.Tensor, task_names: list[str]) -> dict:
+    """Load-balance figures from all-reduced routing counts (num_tasks, k).
+
+    routing_fraction: share of examples per prompt (sums to 1); routing_entropy: its entropy divided by
+    log k (1 = perfectly balanced); routing_cv: coefficient of variation of the per-prompt counts;
+    routing_table (mixtures only): per task, the share of its examples sent to each prompt.
+    """
+    totals = counts.sum(0).double()  # (k,)
+    k, n = totals.numel(), float(totals.sum())
+    fraction = (totals / max(n, 1.0)).tolist()
+    entropy = 0.0 - sum(f * math.log(f) for f in fraction if f > 0)  # 0.0 - : never print -0.000
+    mean = totals.mean()
+    out = {"routing_fraction": fraction,
+           "routing_entropy": entropy / math.log(k) if k > 1 else 1.0,
+           "routing_cv": float(totals.std(unbiased=False) / mean) if mean > 0 else 0.0}
+    if counts.shape[0] > 1:
+        rows = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)
+        out["routing_table"] = {name: row.tolist() for name, row in zip(task_names, rows)}
+    return out
+
+
+class Monitor:
+    """Appends one JSON object per event to `metrics.jsonl` and mirrors numbers to TensorBoard."""
+
+    def __init__(self, output_dir: str, enabled: bool):
+        self.enabled, self.writer, self.file = enabled, None, None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.file = open(Path(output_dir) / "metrics.jsonl", "a", buffering=1)
+            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def log(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(event) + "\n")
+        kind, step = event.get("event", "train"), event["step"]
+        for key, value in event.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+            elif key == "routing_fraction":
+                for i, f in enumerate(value):
+                    self.writer.add_scalar(f"{kind}/routing_fraction/{i}", f, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.writer.close()

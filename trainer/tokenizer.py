@@ -1,0 +1,58 @@
+"""Tokenizers: a checkpoint's own, or a real sentencepiece model trained on the run's text.
+
+The embedded default has no checkpoint to take a tokenizer from and may not download one, so it trains a
+small unigram sentencepiece model on the training text (well under a second), with T5's special ids
+(pad 0, </s> 1, unk 2). Training is deterministic, and the model is cached under a hash of its inputs, so
+every rank and every later run gets the same file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
+
+CACHE_DIR = Path(os.environ.get("SMOP_CACHE", Path.home() / ".cache" / "smop-trainer"))
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A hub name or a local directory written by save_pretrained."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model.tokenizer: cannot load tokenizer '{name_or_path}' "
+                         f"({str(e).splitlines()[0]})") from None
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 1000, whole_words: tuple[str, ...] = ()) -> T5Tokenizer:
+    """A T5 tokenizer over a sentencepiece unigram model trained on `texts` (cached by content).
+
+    `whole_words` (the task's label words) become single pieces, so a target is one token and </s>, as
+    with a real T5 vocabulary, rather than a chain of sub-word pieces a small model struggles to spell.
+    """
+    import sentencepiece as spm
+
+    digest = hashlib.sha256("\n".join(texts).encode() + f"|{vocab_size}|{whole_words}|v1".encode()).hexdigest()[:16]
+    folder = CACHE_DIR / f"spm-{digest}"
+    if not (folder / "spiece.model").exists():
+        buffer = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, model_type="unigram",
+            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
+            user_defined_symbols=list(whole_words), num_threads=1, minloglevel=2)
+        _write_atomically(folder / "spiece.model", buffer.getvalue())
+    return T5Tokenizer.from_pretrained(str(folder), extra_ids=0)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Ranks may train the same model at once: each writes a private file and renames it into place.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
