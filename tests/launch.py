@@ -1,0 +1,54 @@
+"""Run the real entry point in real processes (plain python, torchrun or the deepspeed launcher)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = str(REPO / "trainer" / "main.py")
+
+# A 2-layer d=32 T5 and a handful of steps: distributed behaviour, not learning, is under test.
+TINY = ["model.tiny.d_model=32", "model.tiny.d_ff=64", "model.tiny.d_kv=8", "model.tiny.num_heads=4",
+        "model.tiny.num_layers=2", "train.max_steps=4", "train.log_every=1", "train.eval_every=0",
+        "train.micro_batch_size=4", "data.max_eval_examples=16", "eval.batch_size=8"]
+
+
+def command(nproc: int, launcher: str) -> list[str]:
+    if launcher == "python":
+        assert nproc == 1
+        return [sys.executable, MAIN]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(_free_port()), MAIN]
+    if launcher == "deepspeed":
+        return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(_free_port()), MAIN]
+    raise ValueError(launcher)
+
+
+def run_trainer(output_dir, *overrides: str, nproc: int = 1, launcher: str | None = None, timeout: int = 300,
+                check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run trainer/main.py with the TINY overrides, then `overrides`, writing to `output_dir`."""
+    launcher = launcher or ("python" if nproc == 1 else "torchrun")
+    cmd = command(nproc, launcher) + TINY + [f"output_dir={output_dir}", *overrides]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def events(output_dir, kind: str | None = None) -> list[dict]:
+    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+    found = [json.loads(line) for line in lines]
+    return [e for e in found if kind is None or e.get("event") == kind]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
