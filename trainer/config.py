@@ -22,6 +22,14 @@ EMBEDDED_DATA_DIR = REPO_ROOT / "trainer" / "assets" / "superglue_tiny"
 class Method(str, enum.Enum):
     SMOP = "smop"
     PROMPT_TUNING = "prompt_tuning"
+    PTUNING = "ptuning"
+    IAPT = "iapt"
+    FULL_FINETUNE = "full_finetune"
+
+
+class PTuningEncoder(str, enum.Enum):
+    MLP = "mlp"
+    LSTM = "lstm"
 
 
 class Routing(str, enum.Enum):
@@ -94,7 +102,8 @@ class PromptConfig:
     """The trainable prompts and their router."""
 
     method: Method = Method.SMOP
-    """'smop' (k prompts and a router) or 'prompt_tuning' (one prompt, no router: set num_prompts=1)."""
+    """smop (k prompts, router), prompt_tuning (num_prompts=1, no router), ptuning (prompts from an encoder),
+    iapt (per-layer generated prompts) or full_finetune (the backbone trains, no prompt)."""
     num_prompts: int = 4
     """k, the number of soft prompts."""
     prompt_length: int = 5
@@ -115,6 +124,14 @@ class PromptConfig:
     """Text whose token embeddings initialise every prompt when init=text (repeated or cut to l)."""
     init_vocab_top: int = 5000
     """init=vocab samples from the ids below this (sentencepiece ids run roughly by frequency)."""
+    ptuning_encoder: PTuningEncoder = PTuningEncoder.MLP
+    """P-tuning's prompt encoder: mlp (d->h->h->d, ReLU) or lstm (bidirectional LSTM + MLP head)."""
+    ptuning_hidden: int = 128
+    """P-tuning encoder width h (128 in the SMoP paper's baseline)."""
+    iapt_bottleneck: int = 32
+    """IAPT generator bottleneck m; trainable params are about 2 x d x m per encoder layer."""
+    iapt_prompts: int = 4
+    """IAPT soft tokens written before every encoder layer (the paper's 4)."""
 
 
 @dataclass
@@ -240,21 +257,32 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}={value}: must be at least 1")
-    if p.method == Method.PROMPT_TUNING and p.num_prompts != 1:
-        raise ValueError(f"prompt.num_prompts={p.num_prompts}: prompt_tuning uses one prompt; set it to 1")
+    if p.method in (Method.PROMPT_TUNING, Method.PTUNING) and p.num_prompts != 1:
+        raise ValueError(f"prompt.num_prompts={p.num_prompts}: {p.method.value} uses one prompt; set it to 1")
+    for key, value in {"prompt.ptuning_hidden": p.ptuning_hidden, "prompt.iapt_bottleneck": p.iapt_bottleneck,
+                       "prompt.iapt_prompts": p.iapt_prompts}.items():
+        if value < 1:
+            raise ValueError(f"{key}={value}: must be at least 1")
     if p.routing == Routing.TOPK and not 1 <= p.top_k <= p.num_prompts:
         raise ValueError(f"prompt.top_k={p.top_k}: must lie in 1..prompt.num_prompts ({p.num_prompts})")
     if p.init == PromptInit.TEXT and not p.init_text:
         raise ValueError("prompt.init_text: required when prompt.init=text")
-    if d.max_source_length <= p.prompt_length + 1:
-        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed prompt_length + 1 "
-                         f"({p.prompt_length + 1}) to leave room for input tokens and </s>")
+    if d.max_source_length <= prompt_positions(p) + 1:
+        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed the {prompt_positions(p)} "
+                         f"prompt positions + 1 to leave room for input tokens and </s>")
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
     for key, value in {"train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
                        "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
+
+
+def prompt_positions(p: PromptConfig) -> int:
+    """Encoder positions the method adds before the input: l, IAPT's per-layer tokens, or none."""
+    if p.method == Method.FULL_FINETUNE:
+        return 0
+    return p.iapt_prompts if p.method == Method.IAPT else p.prompt_length
 
 
 def to_dict(cfg) -> dict:

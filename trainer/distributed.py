@@ -159,6 +159,54 @@ def shard_backbone(model: torch.nn.Module, ds_config: dict) -> torch.nn.Module:
     return engine.module
 
 
+def shard_trainable_backbone(model: torch.nn.Module, ds_config: dict, lr: float, weight_decay: float,
+                             max_grad_norm: float, make_scheduler):
+    """Full fine-tuning: the backbone itself trains, so the engine gets an optimiser and, under ZeRO-3,
+    partitions the gradients and optimiser states as well as the weights.
+
+    `make_scheduler(optimizer)` builds the learning-rate schedule, which the engine steps with its optimiser.
+    Returns the engine: train with `engine_backward_step`, call `engine.module` for forwards.
+    """
+    ds = dict(ds_config)
+    # torch_adam: DeepSpeed's fused Adam would be JIT-compiled first (minutes, and no compiler on some hosts).
+    ds["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "torch_adam": True}}
+    ds["gradient_clipping"] = max_grad_norm
+    # Without it ZeRO-3 refuses to gather the partitions into one state dict at the end.
+    ds.setdefault("zero_optimization", {})
+    ds["zero_optimization"] = {**ds["zero_optimization"], "stage3_gather_16bit_weights_on_model_save": True}
+    model.requires_grad_(True)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+                                      config=ds, lr_scheduler=make_scheduler)
+    _ENGINES.append(engine)
+    return engine
+
+
+def engine_backward_step(engine, loss: torch.Tensor, micro_batches_per_step: int) -> None:
+    """Backward and (at the accumulation boundary) reduce-scatter, clip and step, through the engine.
+
+    `loss` is this micro batch's share of the global-batch mean (already divided by the global token
+    count), so the wanted gradient is the plain sum over micro batches and ranks. The engine divides each
+    loss by the accumulation steps and averages gradients over ranks: undo both with one factor.
+    """
+    engine.backward(loss * micro_batches_per_step)
+    engine.step()
+
+
+def save_backbone(engine, output_dir: str) -> None:
+    """Write the trained backbone's whole state dict (gathered from the partitions) as
+    output_dir/backbone_final.bin. Call on every rank: the gather is collective."""
+    engine.save_16bit_model(output_dir, "backbone_final.bin")
+
+
+def norm(params) -> float:
+    """L2 norm of `params`, also of ZeRO-3 partitioned ones (gathered one at a time: call on every rank)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        with gathered([p]):
+            total += p.detach().double().pow(2).sum().cpu()
+    return float(total.sqrt())
+
+
 def gathered(params, modifier_rank: int | None = None):
     """Context in which ZeRO-3 partitioned `params` are whole on every rank; a no-op for plain tensors."""
     params = [p for p in params if hasattr(p, "ds_id")]

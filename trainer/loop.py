@@ -36,6 +36,8 @@ class Run:
     tokenizer: object
     monitor: Monitor
     task_names: list[str]
+    engine: object = None
+    """Full fine-tuning only: the DeepSpeed engine that owns the backbone's gradients and optimiser."""
     step: int = 0
     stats: dict = field(default_factory=dict)
 
@@ -88,11 +90,16 @@ def train_step(run: Run) -> None:
         batch = {key: value.to(d.device) for key, value in batch.items()}
         loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions].to(d.device))
         aux = routing.aux_loss / (len(micro) * d.world_size)
-        (loss_sum / tokens + aux).backward()
+        if run.engine is not None:  # full fine-tuning: the engine reduces, clips and steps at the boundary
+            distributed.engine_backward_step(run.engine, loss_sum / tokens + aux, len(micro) * d.world_size)
+        else:
+            (loss_sum / tokens + aux).backward()
         run.stats["loss_sum"] += loss_sum.detach()
         run.stats["tokens"] += n_tokens
         run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
                                        accumulate=True)
+    if run.engine is not None:
+        return
     distributed.all_reduce_grads(run.params)
     if run.cfg.train.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)

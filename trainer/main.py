@@ -22,13 +22,15 @@ from safetensors.torch import save_file  # noqa: E402
 
 from trainer import distributed  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
-from trainer.config import REPO_ROOT, PromptInit, RunConfig, load_config, to_dict  # noqa: E402
+from trainer.config import REPO_ROOT, Method, PromptInit, RunConfig, load_config, prompt_positions, to_dict  # noqa: E402,E501
 from trainer.data import TrainOrder, encode, load_examples, task_names  # noqa: E402
 from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
 from trainer.loop import Run, train  # noqa: E402
-from trainer.model import PromptedT5  # noqa: E402
+from trainer.iapt import IAPT  # noqa: E402
+from trainer.model import NoPrompt, PromptedT5  # noqa: E402
 from trainer.monitor import Monitor  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
+from trainer.ptuning import PromptEncoder  # noqa: E402
 from trainer.smop import SMoP, init_prompts  # noqa: E402
 from trainer.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 
@@ -68,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_main:
         write_run_files(run, inputs.ds_config)
         describe(run)
+    log_backbone_norm(run)
     result = train(run)
+    log_backbone_norm(run)
+    if run.engine is not None:
+        distributed.save_backbone(run.engine, run.cfg.output_dir)
     if dist.is_main:
         save_file({name: t.detach().cpu().contiguous() for name, t in run.model.smop.state_dict().items()},
                   str(Path(run.cfg.output_dir) / "smop_final.safetensors"))
@@ -101,19 +107,39 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     torch.manual_seed(cfg.seed)
     p, d = cfg.prompt, cfg.data
     train_data = encode(inputs.train_examples, inputs.train_tasks, tokenizer, d.max_source_length,
-                        p.prompt_length, d.max_target_length)
+                        prompt_positions(p), d.max_target_length)
     eval_data = encode(inputs.eval_examples, inputs.eval_tasks, tokenizer, d.max_source_length,
-                       p.prompt_length, d.max_target_length)
-    backbone = distributed.shard_backbone(
-        build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config)), ds_config)
-    smop = build_smop(cfg, backbone, tokenizer).to(dist.device)
-    distributed.broadcast_params(list(smop.parameters()))
-    optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], cfg.train)
+                       prompt_positions(p), d.max_target_length)
+    backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device)
     return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
-               scheduler=build_scheduler(optimizer, cfg.train), train_data=train_data, eval_data=eval_data,
+               scheduler=scheduler, train_data=train_data, eval_data=eval_data,
                order=TrainOrder(len(train_data.examples), global_batch, cfg.seed), micro_batch=micro,
                accum_steps=accum, tokenizer=tokenizer, monitor=Monitor(cfg.output_dir, dist.is_main),
-               task_names=task_names(d))
+               task_names=task_names(d), engine=engine)
+
+
+def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
+    """The backbone and prompt.method's trainable part, with its optimiser and schedule (and the engine
+    when the backbone itself trains). Returns (backbone, prompt slot, optimizer, scheduler, engine | None)."""
+    p, t = cfg.prompt, cfg.train
+    model = build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config))
+    if p.method == Method.FULL_FINETUNE:
+        engine = distributed.shard_trainable_backbone(model, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
+                                                      lambda optimizer: build_scheduler(optimizer, t))
+        # The engine itself is the backbone here: its forward registers the backward hooks that make
+        # engine.backward accumulate gradients correctly over micro batches.
+        return engine, NoPrompt(model.config.d_model), engine.optimizer, engine.lr_scheduler, engine
+    if p.method == Method.IAPT:
+        smop = IAPT(model.config.d_model, model.config.num_layers, p.iapt_bottleneck, p.iapt_prompts)
+        smop.attach(model.encoder.block)  # before DeepSpeed installs its own hooks on the blocks
+        backbone = distributed.shard_backbone(model, ds_config)
+    else:
+        backbone = distributed.shard_backbone(model, ds_config)
+        smop = build_smop(cfg, backbone, tokenizer)
+    smop.to(device)
+    distributed.broadcast_params(list(smop.parameters()))
+    optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], t)
+    return backbone, smop, optimizer, build_scheduler(optimizer, t), None
 
 
 def build_tokenizer(cfg: RunConfig, train_examples):
@@ -130,8 +156,10 @@ def build_tokenizer(cfg: RunConfig, train_examples):
 def build_smop(cfg: RunConfig, backbone, tokenizer) -> SMoP:
     """The prompt bank and router, initialised identically on every rank (same seed, same ids)."""
     p = cfg.prompt
-    smop = SMoP(backbone.config.d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k,
-                p.noise_scale, p.gumbel_temperature, p.balance_coef)
+    d_model = backbone.config.d_model
+    encoder = PromptEncoder(d_model, p.ptuning_hidden, p.ptuning_encoder.value) if p.method == Method.PTUNING else None
+    smop = SMoP(d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k,
+                p.noise_scale, p.gumbel_temperature, p.balance_coef, encoder)
     gen = torch.Generator().manual_seed(cfg.seed)
     ids = None
     if p.init == PromptInit.VOCAB:
@@ -143,6 +171,13 @@ def build_smop(cfg: RunConfig, backbone, tokenizer) -> SMoP:
         ids = torch.tensor(repeated).expand(p.num_prompts, -1)
     init_prompts(smop, p.init.value, backbone.get_input_embeddings(), ids, gen)
     return smop
+
+
+def log_backbone_norm(run: Run) -> None:
+    """Full fine-tuning: the backbone's weight norm before and after training shows that it trained."""
+    if run.engine is not None:
+        run.monitor.log({"event": "backbone", "step": run.step,
+                         "norm": distributed.norm(run.model.backbone.parameters())})
 
 
 def check_output_dir(cfg: RunConfig) -> None:
@@ -179,14 +214,16 @@ def write_run_files(run: Run, ds_config: dict) -> None:
 
 def describe(run: Run) -> None:
     smop, cfg = run.model.smop, run.cfg
-    trainable = sum(p.numel() for p in smop.parameters())
+    trainable = sum(distributed.numel(p) for p in (run.model.backbone if run.engine else smop).parameters())
     frozen = sum(distributed.numel(p) for p in run.model.backbone.parameters())
     stage = json.loads((Path(cfg.output_dir) / "ds_config.json").read_text()).get("zero_optimization", {})
     print(f"world {run.dist.world_size} | batch {run.micro_batch} x accum {run.accum_steps} x world "
           f"{run.dist.world_size} = {run.order.global_batch} | ZeRO stage {stage.get('stage', 0)}")
-    print(f"backbone {cfg.model.name_or_path}: {frozen:,} frozen params | {cfg.prompt.method.value}: "
+    print(f"backbone {cfg.model.name_or_path}: {frozen:,} params | {cfg.prompt.method.value}: "
           f"{smop.num_prompts} x {smop.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
           f"{trainable:,} trainable params")
+    run.monitor.log({"event": "setup", "step": run.step, "method": cfg.prompt.method.value,
+                     "trainable_params": trainable, "prompt_positions": smop.prompt_length})
     truncated = run.train_data.truncated + run.eval_data.truncated
     print(f"data {cfg.data.task}: {len(run.train_data.examples)} train, {len(run.eval_data.examples)} eval"
           + (f", {truncated} inputs truncated to max_source_length" if truncated else ""))

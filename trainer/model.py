@@ -5,12 +5,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.router import Routing
+from trainer.router import Routing, single_prompt
 from trainer.smop import SMoP
+
+
+class NoPrompt(nn.Module):
+    """The prompt slot of full fine-tuning: nothing is prepended, the backbone itself trains."""
+
+    num_prompts, prompt_length = 1, 0
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, noise=None) -> tuple[torch.Tensor, Routing]:
+        return embeds.new_zeros(embeds.shape[0], 0, self.d_model), single_prompt(embeds.shape[0], embeds.device)
 
 
 class PromptedT5:
     """Runs `backbone` (a T5, possibly ZeRO-3 partitioned) on `[P_hat ; X]`, P_hat chosen by `smop`.
+
+    `smop` is the method's prompt slot: an `SMoP` (SMoP, prompt tuning, P-tuning), an `IAPT` (placeholders
+    its hooks overwrite) or a `NoPrompt` (full fine-tuning).
 
     The input embeddings come from calling the backbone's embedding module (under ZeRO-3 its hooks gather
     the partitioned matrix); they feed the router and, after the prompt, the encoder. The decoder is

@@ -33,6 +33,12 @@ class Routing:
     aux_loss: torch.Tensor
 
 
+def single_prompt(batch: int, device) -> Routing:
+    """The routing of a method with one prompt and no router: every example gets it with weight 1."""
+    ones = torch.ones(batch, 1, device=device)
+    return Routing(ones, ones, torch.zeros(batch, dtype=torch.long, device=device), torch.zeros((), device=device))
+
+
 class Router(nn.Module):
     """Routes each example to prompts from its masked-mean input embedding.
 

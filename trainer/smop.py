@@ -1,6 +1,7 @@
 """SMoP: a bank of k soft prompts of l tokens and the router that picks one per example.
 
-Prompt tuning is the same module with k = 1 and no router. The module knows nothing of DeepSpeed: it
+Prompt tuning is the same module with k = 1 and no router; P-tuning is k = 1 with a prompt encoder that
+reparameterises the bank (trainer/ptuning.py). The module knows nothing of DeepSpeed: it
 receives the frozen input embeddings and returns the prompt embeddings to prepend to them.
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.router import Router, Routing
+from trainer.router import Router, Routing, single_prompt
 
 
 def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -25,6 +26,8 @@ class SMoP(nn.Module):
         num_prompts: k (1: prompt tuning, no router).
         prompt_length: l.
         routing / top_k / noise_scale / gumbel_temperature / balance_coef: see `Router`.
+        encoder: optional module mapping the stored [k, l, d] tensor to the prompts actually used (P-tuning);
+            None: the stored tensor is the prompt bank.
 
     Input shape: embeds (batch, seq, d) frozen input embeddings, mask (batch, seq), noise (batch, k) or None.
     Output shape: prompts (batch, l, d) fp32, and the `Routing` of the batch.
@@ -32,13 +35,14 @@ class SMoP(nn.Module):
 
     def __init__(self, d_model: int, num_prompts: int = 4, prompt_length: int = 5, routing: str = "smop",
                  top_k: int = 2, noise_scale: float = 1.0, gumbel_temperature: float = 1.0,
-                 balance_coef: float = 0.0):
+                 balance_coef: float = 0.0, encoder: nn.Module | None = None):
         super().__init__()
         self.num_prompts, self.prompt_length, self.d_model = num_prompts, prompt_length, d_model
         # One [k, l, d] tensor indexed per example: the same ops run on every rank whatever the routing,
         # which ZeRO-3 needs (data-dependent submodule calls desynchronise its parameter gathering).
         self.prompts = nn.Parameter(torch.empty(num_prompts, prompt_length, d_model, dtype=torch.float32))
         nn.init.normal_(self.prompts)  # the official code's init: torch's embedding default N(0, 1)
+        self.encoder = encoder
         self.router = None
         if num_prompts > 1:
             self.router = Router(d_model, num_prompts, routing, top_k, noise_scale, gumbel_temperature,
@@ -48,12 +52,11 @@ class SMoP(nn.Module):
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
         batch = embeds.shape[0]
         if self.router is None:
-            ones = torch.ones(batch, 1, device=embeds.device)
-            routing = Routing(ones, ones, torch.zeros(batch, dtype=torch.long, device=embeds.device),
-                              torch.zeros((), device=embeds.device))
+            routing = single_prompt(batch, embeds.device)
         else:
             routing = self.router(masked_mean(embeds, mask), noise)
-        prompts = torch.einsum("bk,kld->bld", routing.weights, self.prompts)  # (batch, l, d)
+        bank = self.prompts if self.encoder is None else self.encoder(self.prompts)  # (k, l, d)
+        prompts = torch.einsum("bk,kld->bld", routing.weights, bank)  # (batch, l, d)
         return prompts, routing
 
 
