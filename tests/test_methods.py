@@ -131,3 +131,18 @@ def test_no_prompt_leaves_the_input_alone():
     embeds, full_mask, _ = wrapped.encoder_inputs(ids, mask)
     torch.testing.assert_close(embeds, model.get_input_embeddings()(ids))
     assert torch.equal(full_mask, mask)
+
+
+def test_config_selects_methods_and_checks_them():
+    from trainer.config import load_config, prompt_positions
+
+    assert prompt_positions(load_config(None, ["prompt.method=iapt"]).prompt) == 4
+    assert prompt_positions(load_config(None, ["prompt.method=full_finetune"]).prompt) == 0
+    cfg = load_config(None, ["prompt.method=ptuning", "prompt.num_prompts=1", "prompt.ptuning_encoder=lstm"])
+    assert cfg.prompt.ptuning_encoder.value == "lstm" and prompt_positions(cfg.prompt) == 5
+    with pytest.raises(ValueError, match="prompt.num_prompts=4: ptuning uses one prompt"):
+        load_config(None, ["prompt.method=ptuning"])
+    with pytest.raises(ValueError, match="prompt.iapt_bottleneck=0: must be at least 1"):
+        load_config(None, ["prompt.method=iapt", "prompt.iapt_bottleneck=0"])
+    with pytest.raises(ValueError, match="'lora' is not one of"):
+        load_config(None, ["prompt.method=lora"])
