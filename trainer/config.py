@@ -55,6 +55,16 @@ class DataSource(str, enum.Enum):
     HUB = "hub"
 
 
+class Splits(str, enum.Enum):
+    OFFICIAL = "official"
+    PAPER = "paper"
+
+
+class Mixing(str, enum.Enum):
+    PROPORTIONAL = "proportional"
+    TEMPERATURE = "temperature"
+
+
 @dataclass
 class TinyT5Config:
     """Shape of the random T5 built when `model.name_or_path` is 'tiny' (T5 v1.1 layout, gated-GELU)."""
@@ -122,21 +132,33 @@ class DataConfig:
     """Where examples come from and how they are cut."""
 
     task: str = "rte"
-    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc) or 'jsonl'."""
+    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc) or 'jsonl'; comma-separated
+    names (rte,cb) train one prompt bank on a mixture of tasks, sampled as data.mixing says."""
     data_dir: str = ""
     """Directory in the official layout (RTE/train.jsonl, RTE/val.jsonl); empty: the embedded tiny data."""
     source: DataSource = DataSource.LOCAL
     """'local' reads data_dir; 'hub' calls datasets.load_dataset('super_glue', task)."""
+    splits: Splits = Splits.OFFICIAL
+    """'official': train on train_split, evaluate on eval_split. 'paper' (the SMoP code's): train on
+    train.jsonl less a dev set carved from it (last dev_fraction of each label), evaluate on that dev set
+    during training, and on val.jsonl (the official validation set, used as test) once at the end."""
+    dev_fraction: float = 0.1
+    """splits=paper: the fraction of each label's training records carved off as the dev set."""
     train_split: str = "train"
-    """Split trained on."""
+    """splits=official: split trained on."""
     eval_split: str = "val"
-    """Split evaluated on."""
+    """splits=official: split evaluated on."""
+    mixing: Mixing = Mixing.PROPORTIONAL
+    """Task mixtures: 'proportional' shuffles the union of the tasks' examples (each example once per
+    epoch); 'temperature' samples task i at rate proportional to n_i^(1/temperature) (T5's mixing)."""
+    temperature: float = 2.0
+    """T of mixing=temperature: 1 is proportional in expectation; larger T flattens towards uniform."""
     max_source_length: int = 512
     """Encoder length including the l prompt positions and the final </s>."""
     max_target_length: int = 16
     """Target tokens including </s>."""
     max_eval_examples: int = 0
-    """Evaluate on at most this many examples; 0: all."""
+    """Evaluate on at most this many examples of each task (dev and test alike); 0: all."""
 
 
 @dataclass
@@ -249,6 +271,12 @@ def validate(cfg: RunConfig) -> None:
     if d.max_source_length <= p.prompt_length + 1:
         raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed prompt_length + 1 "
                          f"({p.prompt_length + 1}) to leave room for input tokens and </s>")
+    if not 0 < d.dev_fraction < 1:
+        raise ValueError(f"data.dev_fraction={d.dev_fraction}: must lie in (0, 1)")
+    if d.temperature <= 0:
+        raise ValueError(f"data.temperature={d.temperature}: must be positive")
+    if d.max_eval_examples < 0:
+        raise ValueError(f"data.max_eval_examples={d.max_eval_examples}: must not be negative")
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
     for key, value in {"train.lr": t.lr, "prompt.noise_scale": p.noise_scale,

@@ -1,22 +1,19 @@
-"""The training loop and evaluation."""
+"""The training loop (evaluation lives in trainer/evaluation.py)."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from trainer import distributed
-from trainer.config import EvalMode, RunConfig
-from trainer.data import Encoded, TrainOrder, collate, eval_shards
+from trainer.config import RunConfig
+from trainer.data import Encoded, TrainOrder, collate
 from trainer.distributed import Dist
-from trainer.metrics import idx_key, score
+from trainer.evaluation import evaluate
 from trainer.model import PromptedT5
 from trainer.monitor import Monitor, routing_summary
-from trainer.tasks import get_task
 
 
 @dataclass
@@ -38,17 +35,11 @@ class Run:
     task_names: list[str]
     step: int = 0
     stats: dict = field(default_factory=dict)
-
-    @property
-    def label_words(self) -> tuple[str, ...] | None:
-        """The label words shared by every evaluated task (rank classification needs one set)."""
-        words = {get_task(name).label_words for name in self.task_names}
-        return words.pop() if len(words) == 1 else None
-
-    @property
-    def label_ids(self) -> list[torch.Tensor]:
-        eos = self.tokenizer.eos_token_id
-        return [torch.tensor(self.tokenizer(w, add_special_tokens=False).input_ids + [eos]) for w in self.label_words]
+    eval_split: str = "val"
+    """Name of the split in eval_data ("val", or "dev" with data.splits=paper), for the eval events."""
+    test_data: Encoded | None = None
+    """Evaluated once after training (data.splits=paper); None otherwise."""
+    test_split: str = "test"
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -134,52 +125,3 @@ def maybe_check_replicas(run: Run) -> None:
                      "partitioned": any(distributed.is_partitioned(p) for p in params)})
     if not identical:
         raise RuntimeError(f"step {run.step}: trainable parameters differ between ranks")
-
-
-def evaluate(run: Run) -> dict:
-    """Generate on the evaluation set sharded over ranks; every example is predicted exactly once."""
-    d, data, e = run.dist, run.eval_data, run.cfg.eval
-    run.model.train(False)
-    started, mine = time.time(), []
-    counts = torch.zeros(len(run.task_names), run.model.smop.num_prompts, dtype=torch.long)
-    for indices in eval_shards(len(data.examples), d.rank, d.world_size, e.batch_size):
-        batch = collate(data, indices or [0], run.tokenizer.pad_token_id)  # placeholder keeps ranks in step
-        batch = {key: value.to(d.device) for key, value in batch.items()}
-        texts, routing = predict(run, batch)
-        for i, text, prompt in zip(indices, texts, routing.index.tolist()):
-            mine.append((i, text, prompt))
-            counts[data.task_ids[i], prompt] += 1
-    predicted = [item for part in distributed.all_gather_objects(mine) for item in part]
-    counts = distributed.all_reduce_sum(counts.to(d.device)).cpu()
-    event = {"event": "eval", "step": run.step, "eval_s": round(time.time() - started, 2),
-             "num_examples": len(predicted)}
-    for t, name in enumerate(run.task_names):
-        rows = sorted((i, text, prompt) for i, text, prompt in predicted if data.task_ids[i] == t)
-        examples = [data.examples[i] for i, _, _ in rows]
-        predictions = {idx_key(data.examples[i].idx): text for i, text, _ in rows}
-        metrics = score(get_task(name), examples, predictions)
-        event.update({f"{name}/{key}": value for key, value in metrics.items()})
-        write_predictions(run, name, rows)
-    event.update(routing_summary(counts, run.task_names))
-    run.monitor.log(event)
-    return event
-
-
-def predict(run: Run, batch: dict) -> tuple[list[str], object]:
-    """Predicted texts of a batch: the best-scoring label word (eval.mode=rank) or a greedy generation."""
-    label_words = run.label_words
-    if run.cfg.eval.mode == EvalMode.RANK and label_words:
-        scores, routing = run.model.score_candidates(batch, run.label_ids)
-        return [label_words[i] for i in scores.argmax(-1).tolist()], routing
-    out, routing = run.model.generate(batch, run.cfg.eval.max_new_tokens, synced_gpus=run.dist.world_size > 1)
-    return [text.strip() for text in run.tokenizer.batch_decode(out, skip_special_tokens=True)], routing
-
-
-def write_predictions(run: Run, task: str, rows: list) -> None:
-    """predictions-<task>-<step>.jsonl in the scorer's format, plus the prompt each example was routed to."""
-    if not run.dist.is_main:
-        return
-    path = Path(run.cfg.output_dir) / f"predictions-{task}-{run.step}.jsonl"
-    with open(path, "w") as f:
-        for i, text, prompt in rows:
-            f.write(json.dumps({"idx": run.eval_data.examples[i].idx, "prediction": text, "prompt": prompt}) + "\n")

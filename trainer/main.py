@@ -23,13 +23,16 @@ from safetensors.torch import save_file  # noqa: E402
 from trainer import distributed  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
 from trainer.config import REPO_ROOT, PromptInit, RunConfig, load_config, to_dict  # noqa: E402
-from trainer.data import TrainOrder, encode, load_examples, task_names  # noqa: E402
+from trainer.data import encode, task_names  # noqa: E402
 from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
+from trainer.evaluation import evaluate  # noqa: E402
 from trainer.loop import Run, train  # noqa: E402
+from trainer.mixture import build_order  # noqa: E402
 from trainer.model import PromptedT5  # noqa: E402
 from trainer.monitor import Monitor  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
 from trainer.smop import SMoP, init_prompts  # noqa: E402
+from trainer.splits import RunSplits, load_splits  # noqa: E402
 from trainer.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -49,10 +52,7 @@ class Inputs:
 
     cfg: RunConfig
     ds_config: dict
-    train_examples: list
-    train_tasks: list[int]
-    eval_examples: list
-    eval_tasks: list[int]
+    splits: RunSplits
     tokenizer: object
 
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         write_run_files(run, inputs.ds_config)
         describe(run)
     result = train(run)
+    if run.test_data is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
+        result = evaluate(run, test=True)
     if dist.is_main:
         save_file({name: t.detach().cpu().contiguous() for name, t in run.model.smop.state_dict().items()},
                   str(Path(run.cfg.output_dir) / "smop_final.safetensors"))
@@ -83,13 +85,9 @@ def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
     cfg = load_config(preset, overrides)
     ds_config = load_ds_config(_resolve(cfg.ds_config))
     check_output_dir(cfg)
-    train_examples, train_tasks = load_examples(cfg.data, cfg.data.train_split)
-    eval_examples, eval_tasks = load_examples(cfg.data, cfg.data.eval_split)
-    if cfg.data.max_eval_examples:
-        eval_examples, eval_tasks = (eval_examples[: cfg.data.max_eval_examples],
-                                     eval_tasks[: cfg.data.max_eval_examples])
-    tokenizer = build_tokenizer(cfg, train_examples)
-    return Inputs(cfg, ds_config, train_examples, train_tasks, eval_examples, eval_tasks, tokenizer)
+    splits = load_splits(cfg.data)
+    tokenizer = build_tokenizer(cfg, splits.train.examples)
+    return Inputs(cfg, ds_config, splits, tokenizer)
 
 
 def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
@@ -99,11 +97,10 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     ds_config = merge_batch(inputs.ds_config, micro, accum, global_batch, cfg.ds_config)
     inputs.ds_config = ds_config
     torch.manual_seed(cfg.seed)
-    p, d = cfg.prompt, cfg.data
-    train_data = encode(inputs.train_examples, inputs.train_tasks, tokenizer, d.max_source_length,
-                        p.prompt_length, d.max_target_length)
-    eval_data = encode(inputs.eval_examples, inputs.eval_tasks, tokenizer, d.max_source_length,
-                       p.prompt_length, d.max_target_length)
+    p, d, splits = cfg.prompt, cfg.data, inputs.splits
+    train_data, eval_data, test_data = (
+        encode(s.examples, s.task_ids, tokenizer, d.max_source_length, p.prompt_length, d.max_target_length)
+        if s is not None else None for s in (splits.train, splits.eval, splits.test))
     backbone = distributed.shard_backbone(
         build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config)), ds_config)
     smop = build_smop(cfg, backbone, tokenizer).to(dist.device)
@@ -111,9 +108,10 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], cfg.train)
     return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
                scheduler=build_scheduler(optimizer, cfg.train), train_data=train_data, eval_data=eval_data,
-               order=TrainOrder(len(train_data.examples), global_batch, cfg.seed), micro_batch=micro,
-               accum_steps=accum, tokenizer=tokenizer, monitor=Monitor(cfg.output_dir, dist.is_main),
-               task_names=task_names(d))
+               order=build_order(d, train_data.task_ids, len(task_names(d)), global_batch, cfg.seed),
+               micro_batch=micro, accum_steps=accum, tokenizer=tokenizer,
+               monitor=Monitor(cfg.output_dir, dist.is_main), task_names=task_names(d),
+               eval_split=splits.eval.name, test_data=test_data)
 
 
 def build_tokenizer(cfg: RunConfig, train_examples):
@@ -188,14 +186,17 @@ def describe(run: Run) -> None:
           f"{smop.num_prompts} x {smop.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
           f"{trainable:,} trainable params")
     truncated = run.train_data.truncated + run.eval_data.truncated
-    print(f"data {cfg.data.task}: {len(run.train_data.examples)} train, {len(run.eval_data.examples)} eval"
-          + (f", {truncated} inputs truncated to max_source_length" if truncated else ""))
+    test = f", {len(run.test_data.examples)} test" if run.test_data is not None else ""
+    print(f"data {cfg.data.task} ({cfg.data.splits.value} splits): {len(run.train_data.examples)} train, "
+          f"{len(run.eval_data.examples)} {run.eval_split}{test}"
+          + (f", {truncated} inputs truncated to max_source_length" if truncated else "")
+          + (f", mixing rates {[round(r, 3) for r in run.order.rates]}" if hasattr(run.order, "rates") else ""))
 
 
 def print_result(event: dict) -> None:
     metrics = {k: v for k, v in event.items() if "/" in k}
     fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
-    print(f"eval at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    print(f"{event['event']} ({event['split']}) at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     print(f"routing: fractions [{fractions}], normalised entropy {event['routing_entropy']:.3f}, "
           f"cv {event['routing_cv']:.3f}")
 
