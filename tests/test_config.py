@@ -92,3 +92,12 @@ def test_bad_ds_configs(tmp_path):
         load_ds_config(str(bad))
     with pytest.raises(ValueError, match="cannot read"):
         load_ds_config(str(tmp_path / "missing.json"))
+
+
+def test_readme_documents_every_config_key():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools/config_docs.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
