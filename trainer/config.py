@@ -277,12 +277,21 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"data.temperature={d.temperature}: must be positive")
     if d.max_eval_examples < 0:
         raise ValueError(f"data.max_eval_examples={d.max_eval_examples}: must not be negative")
+    for key, name in {"model.name_or_path": cfg.model.name_or_path, "model.tokenizer": cfg.model.tokenizer}.items():
+        if name and name != "tiny" and _looks_local(name) and not Path(name).expanduser().is_dir():
+            raise ValueError(f"{key}: no such directory '{name}'")
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
     for key, value in {"train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
                        "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
+
+
+def _looks_local(name: str) -> bool:
+    # A hub name is "org/name"; a path that does not exist should fail here, naming it, rather than as a
+    # hub lookup error.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
 def to_dict(cfg) -> dict:

@@ -88,13 +88,14 @@ def train_step(run: Run) -> None:
     if run.cfg.train.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
     run.optimizer.step()
+    run.stats["lr"] = run.scheduler.get_last_lr()[0]  # the rate this step used, logged with its loss
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
 
 def reset_stats(run: Run) -> None:
     device, k = run.dist.device, run.model.smop.num_prompts
-    run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device),
+    run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device), "lr": 0.0,
                  "counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device)}
 
 
@@ -106,7 +107,7 @@ def maybe_log(run: Run, bar, started: float) -> None:
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
     counts = distributed.all_reduce_sum(s["counts"].clone())
     loss = float(totals[0] / totals[1].clamp(min=1))
-    event = {"event": "train", "step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+    event = {"event": "train", "step": run.step, "loss": loss, "lr": s["lr"],
              "elapsed_s": round(time.time() - started, 2), **routing_summary(counts.cpu(), run.task_names)}
     run.monitor.log(event)
     bar.set_postfix(loss=f"{loss:.4f}", balance=f"{event['routing_entropy']:.2f}")

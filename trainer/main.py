@@ -196,7 +196,8 @@ def describe(run: Run) -> None:
 def print_result(event: dict) -> None:
     metrics = {k: v for k, v in event.items() if "/" in k}
     fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
-    print(f"{event['event']} ({event['split']}) at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    print(f"{event['event']} at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+          + f" ({event['split']} split)")
     print(f"routing: fractions [{fractions}], normalised entropy {event['routing_entropy']:.3f}, "
           f"cv {event['routing_cv']:.3f}")
 
