@@ -45,9 +45,9 @@ def predictions(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def score_with_tool(task, split, path):
+def score_with_tool(task, split, path, *extra):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--task", task, "--data_dir",
-                           str(FIXTURES), "--split", split, "--predictions", str(path)],
+                           str(FIXTURES), "--split", split, "--predictions", str(path), *extra],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -123,3 +123,5 @@ def test_generation_and_paper_splits(generate_runs):
     for task in GEN_TASKS:  # the test set is the official validation set: the scorer reads it as "val"
         scored = score_with_tool(task, "val", two / f"predictions-{task}-test-4.jsonl")
         assert scored == pytest.approx({k.split("/")[1]: v for k, v in test.items() if k.startswith(task + "/")})
+        scored = score_with_tool(task, "dev", two / f"predictions-{task}-4.jsonl", "--dev_fraction", "0.5")
+        assert scored == pytest.approx({k.split("/")[1]: v for k, v in dev.items() if k.startswith(task + "/")})
