@@ -168,9 +168,11 @@ def write_run_files(run: Run, ds_config: dict) -> None:
     out = Path(cfg.output_dir)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-    backbone_dtype = str(next(run.model.backbone.parameters()).dtype).removeprefix("torch.")
+    backbone = list(run.model.backbone.parameters())
     info = {"git_revision": _git_revision(), "world_size": world_size, "command": sys.argv,
-            "backbone_dtype": backbone_dtype,
+            "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
+            "backbone_params": sum(distributed.numel(p) for p in backbone),
+            "backbone_params_on_rank0": sum(distributed.local_numel(p) for p in backbone),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "torch": torch.__version__,
             "deepspeed": __import__("deepspeed").__version__, "transformers": __import__("transformers").__version__}
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
