@@ -375,7 +375,14 @@ def _coerce(hint, value, key: str, where: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise bad
+        try:  # YAML 1.1 reads 1e30 (no dot, no sign) as a string
+            return float(value) if isinstance(value, str) else _raise(bad)
+        except ValueError:
+            raise bad from None
     if hint is str:
         return "" if value is None else str(value)
     raise bad
+
+
+def _raise(error: Exception):
+    raise error

@@ -136,7 +136,7 @@ def maybe_log(run: Run, bar, started: float) -> None:
     s = run.stats
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
     counts = distributed.all_reduce_sum(s["counts"].clone())
-    loss = float(totals[0] / totals[1].clamp(min=1))
+    loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
     event = {"event": "train", "step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
              "elapsed_s": round(time.time() - started, 2), **routing_summary(counts.cpu(), run.task_names)}
     run.monitor.log(event)

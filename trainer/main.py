@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from trainer import distributed, resume  # noqa: E402
-from trainer.backbone import build_backbone  # noqa: E402
+from trainer.backbone import build_backbone, check_local_path  # noqa: E402
 from trainer.config import REPO_ROOT, PromptInit, RunConfig, load_config, to_dict  # noqa: E402
 from trainer.data import TrainOrder, encode, load_examples, task_names  # noqa: E402
 from trainer.guard import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss  # noqa: E402
@@ -146,6 +146,8 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
 
 
 def build_tokenizer(cfg: RunConfig, train_examples):
+    if cfg.model.name_or_path != "tiny":
+        check_local_path(cfg.model.name_or_path)  # name the model key, not the tokenizer derived from it
     name = cfg.model.tokenizer or ("" if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path)
     if name:
         return load_tokenizer(name, cfg.model.trust_remote_code)
