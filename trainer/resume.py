@@ -47,7 +47,8 @@ def check_previous_run(cfg: RunConfig) -> None:
     try:
         before = yaml.safe_load(previous.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{previous}: unreadable ({e.__class__.__name__}); pass overwrite=true to start over") from None
+        raise ValueError(f"{previous}: unreadable ({e.__class__.__name__}); "
+                         "pass overwrite=true to start over") from None
     changes = changed_keys(before if isinstance(before, dict) else {}, to_dict(cfg))
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
