@@ -88,7 +88,7 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
     try:
         result = train(run)
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
         return _close(run, EXIT_NONFINITE), {}
     finally:
         run.guard.uninstall()
