@@ -119,3 +119,9 @@ def test_rerun_resumes_past_a_damaged_latest(copy):
     assert [e["step"] for e in events(copy, "train")] == [1, 2, 3, 4, 5]  # step 5 logged once, again
     verify(copy / "checkpoints" / "step-000005")  # rewritten whole
     assert json.loads((copy / "checkpoints" / "step-000005" / "meta.json").read_text())["step"] == 5
+
+
+def test_unreadable_latest_pointer_uses_newest_valid(copy):
+    (copy / "checkpoints" / "latest").write_bytes(b"\xff\xfe")
+    said, say = messages()
+    assert find_latest(copy / "checkpoints", say).path.name == "step-000005" and "unreadable" in said[0]

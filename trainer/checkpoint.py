@@ -158,8 +158,12 @@ def find_latest(root: Path, say=print) -> Resume | None:
     """
     candidates = sorted(root.glob("step-*"), reverse=True)
     pointer = root / "latest"
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
+    try:
+        named = root / pointer.read_text().strip() if pointer.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        say(f"warning: {pointer} is unreadable; using the newest checkpoint that verifies")
+        named = None
+    if named is not None:
         candidates = [named] + [c for c in candidates if c != named]
     for i, path in enumerate(candidates):
         try:
@@ -222,10 +226,17 @@ def _drop_later_events(run) -> None:
     if not run.dist.is_main or not path.exists():
         return
     with open(path, "r+") as f:
-        kept = [line for line in f if json.loads(line).get("step", 0) <= run.step]
+        kept = [line for line in f if _step_of(line) <= run.step]
         f.seek(0)
         f.writelines(kept)
         f.truncate()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a line cut short by the crash that we are resuming from
 
 
 def set_aside_previous(cfg: RunConfig) -> Path | None:
