@@ -61,6 +61,11 @@ def test_local_save_pretrained_backbone_and_tokenizer_dir(tmp_path):
     out = tmp_path / "run"
     proc = run_trainer(out, f"model.name_or_path={model_dir}", nproc=2)
     assert "backbone " + str(model_dir) in proc.stdout
+    info = json.loads((out / "run_info.json").read_text())
+    total = sum(p.numel() for p in T5ForConditionalGeneration(config).parameters())
+    assert info["backbone_params"] == total
+    # ZeRO-3 loaded the checkpoint into partitions: rank 0 keeps about half (partitions are padded).
+    assert 0.45 * total < info["backbone_params_on_rank0"] < 0.55 * total
     assert events(out, "eval")[-1]["num_examples"] == 16
 
 

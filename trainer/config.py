@@ -125,6 +125,8 @@ class PromptConfig:
     """Text whose token embeddings initialise every prompt when init=text (repeated or cut to l)."""
     init_vocab_top: int = 5000
     """init=vocab samples from the ids below this (sentencepiece ids run roughly by frequency)."""
+    init_scale: float = 1.0
+    """Multiplies the initial prompt values (1: the init as described; huge values make the loss overflow)."""
 
 
 @dataclass
@@ -191,6 +193,8 @@ class TrainConfig:
     """Steps between evaluations; 0: only at the end."""
     check_replicas_every: int = 0
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
+    max_nonfinite: int = 5
+    """A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run."""
 
 
 class EvalMode(str, enum.Enum):
@@ -212,6 +216,22 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints of what trains (prompts, router, optimiser, scheduler, step, RNG), never the frozen backbone."""
+
+    every: int = 100
+    """Steps between checkpoints; 0: only at the end and when stopped by a signal."""
+    keep: int = 3
+    """Newest checkpoints kept in output_dir/checkpoints; older ones are deleted after each save."""
+    resume: str = "auto"
+    """'auto': continue from `latest` in output_dir if there is one; 'fresh': start at step 0 (the previous
+    run's checkpoints and metrics are moved to output_dir/previous-<time>); 'latest': continue even if the
+    config changed; or a checkpoint name (step-000200) or directory to continue from."""
+    stop_at: int = 0
+    """Stop after this step as if pre-empted (checkpoint, exit code 3): splits a run into jobs; 0: never."""
+
+
+@dataclass
 class RunConfig:
     """One training run."""
 
@@ -222,12 +242,15 @@ class RunConfig:
     seed: int = 42
     """Seeds model init, prompts, data order and router noise."""
     overwrite: bool = False
-    """Allow an output_dir that holds a run with a different config."""
+    """Allow an output_dir that holds a run with a different config; it then starts fresh (see checkpoint.resume)."""
+    collective_timeout_s: float = 1800.0
+    """Seconds a collective may wait for the other ranks before the job fails (a dead rank never hangs it)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
@@ -258,7 +281,8 @@ def validate(cfg: RunConfig) -> None:
     positive = {"prompt.num_prompts": p.num_prompts, "prompt.prompt_length": p.prompt_length,
                 "train.max_steps": t.max_steps, "train.micro_batch_size": t.micro_batch_size,
                 "train.grad_accum_steps": t.grad_accum_steps, "train.log_every": t.log_every,
-                "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens}
+                "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens,
+                "checkpoint.keep": cfg.checkpoint.keep, "train.max_nonfinite": t.max_nonfinite}
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}={value}: must be at least 1")
@@ -282,7 +306,12 @@ def validate(cfg: RunConfig) -> None:
             raise ValueError(f"{key}: no such directory '{name}'")
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
-    for key, value in {"train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
+    if not cfg.collective_timeout_s > 0:
+        raise ValueError(f"collective_timeout_s={cfg.collective_timeout_s}: must be positive")
+    if not cfg.checkpoint.resume.strip():
+        raise ValueError("checkpoint.resume: empty; use auto, fresh, latest or a checkpoint name")
+    for key, value in {"checkpoint.every": cfg.checkpoint.every, "checkpoint.stop_at": cfg.checkpoint.stop_at,
+                       "prompt.init_scale": p.init_scale, "train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
                        "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
@@ -383,7 +412,14 @@ def _coerce(hint, value, key: str, where: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise bad
+        try:  # YAML 1.1 reads 1e30 (no dot, no sign) as a string
+            return float(value) if isinstance(value, str) else _raise(bad)
+        except ValueError:
+            raise bad from None
     if hint is str:
         return "" if value is None else str(value)
     raise bad
+
+
+def _raise(error: Exception):
+    raise error

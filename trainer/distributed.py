@@ -172,5 +172,10 @@ def numel(p: torch.nn.Parameter) -> int:
     return p.ds_numel if hasattr(p, "ds_id") else p.numel()
 
 
+def local_numel(p: torch.nn.Parameter) -> int:
+    """Elements this rank stores: its ZeRO-3 partition, or the whole tensor."""
+    return p.ds_tensor.numel() if hasattr(p, "ds_id") else p.numel()
+
+
 def is_partitioned(p: torch.nn.Parameter) -> bool:
     return hasattr(p, "ds_id")

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from trainer import distributed
+from trainer import checkpoint, distributed
 from trainer.config import RunConfig
 from trainer.data import Encoded, TrainOrder, collate
 from trainer.distributed import Dist
 from trainer.evaluation import evaluate
+from trainer.guard import StepGuard
 from trainer.model import PromptedT5
 from trainer.monitor import Monitor, routing_summary
 
@@ -35,6 +36,8 @@ class Run:
     task_names: list[str]
     step: int = 0
     stats: dict = field(default_factory=dict)
+    guard: StepGuard = field(default_factory=lambda: StepGuard(max_nonfinite=5))
+    """Per-step agreement on skipping non-finite updates and stopping on a signal (see trainer/guard.py)."""
     eval_split: str = "val"
     """Name of the split in eval_data ("val", or "dev" with data.splits=paper), for the eval events."""
     test_data: Encoded | None = None
@@ -60,6 +63,8 @@ def train(run: Run) -> dict:
         maybe_check_replicas(run)
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
             last_eval = evaluate(run)
+        if maybe_save(run):
+            break
     bar.close()
     return evaluate(run) if run.step == cfg.max_steps else last_eval
 
@@ -75,22 +80,39 @@ def train_step(run: Run) -> None:
     # does not depend on how the batch is split over ranks and micro batches.
     tokens = distributed.all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).float().to(d.device))
     run.model.train()
+    step_loss, step_tokens = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
     for batch, positions in zip(batches, micro):
         batch = {key: value.to(d.device) for key, value in batch.items()}
         loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions].to(d.device))
         aux = routing.aux_loss / (len(micro) * d.world_size)
         (loss_sum / tokens + aux).backward()
-        run.stats["loss_sum"] += loss_sum.detach()
-        run.stats["tokens"] += n_tokens
+        step_loss += loss_sum.detach()
+        step_tokens += n_tokens
         run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
                                        accumulate=True)
     distributed.all_reduce_grads(run.params)
+    if not run.guard.update_allowed(step_loss, run.params, run.step + 1):
+        run.monitor.log({"event": "nonfinite", "step": run.step + 1, "skipped_total": run.guard.skipped})
+        run.scheduler.step()  # the learning rate stays a function of the step, skipped or not
+        run.optimizer.zero_grad(set_to_none=True)
+        return
+    run.stats["loss_sum"] += step_loss  # a skipped step stays out of the logged mean loss
+    run.stats["tokens"] += step_tokens
     if run.cfg.train.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
     run.optimizer.step()
     run.stats["lr"] = run.scheduler.get_last_lr()[0]  # the rate this step used, logged with its loss
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+
+
+def maybe_save(run: Run) -> bool:
+    """Checkpoint every checkpoint.every steps, at the end, and when stopping; True: stop now."""
+    every, stop = run.cfg.checkpoint.every, run.guard.stop_requested
+    due = (every and run.step % every == 0 and not run.guard.streak) or run.step == run.cfg.train.max_steps
+    if due or stop:
+        checkpoint.save(run, "signal" if stop else "end" if run.step == run.cfg.train.max_steps else "periodic")
+    return stop
 
 
 def reset_stats(run: Run) -> None:
@@ -106,7 +128,7 @@ def maybe_log(run: Run, bar, started: float) -> None:
     s = run.stats
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
     counts = distributed.all_reduce_sum(s["counts"].clone())
-    loss = float(totals[0] / totals[1].clamp(min=1))
+    loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
     event = {"event": "train", "step": run.step, "loss": loss, "lr": s["lr"],
              "elapsed_s": round(time.time() - started, 2), **routing_summary(counts.cpu(), run.task_names)}
     run.monitor.log(event)

@@ -20,10 +20,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from trainer import distributed  # noqa: E402
+from trainer import distributed, resume  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
 from trainer.config import REPO_ROOT, PromptInit, RunConfig, load_config, to_dict  # noqa: E402
 from trainer.data import encode, task_names  # noqa: E402
+from trainer.guard import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss  # noqa: E402
 from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
 from trainer.evaluation import evaluate  # noqa: E402
 from trainer.loop import Run, train  # noqa: E402
@@ -34,8 +35,6 @@ from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
 from trainer.smop import SMoP, init_prompts  # noqa: E402
 from trainer.splits import RunSplits, load_splits  # noqa: E402
 from trainer.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
-
-EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,15 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         inputs = read_inputs(args.config, args.overrides)
-        dist = distributed.init()
+        dist = distributed.init(inputs.cfg.collective_timeout_s / 60)
+        found = resume.plan(inputs.cfg, dist)
         run = build_run(inputs, dist)
+        resume.restore(run, found)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if dist.is_main:
         write_run_files(run, inputs.ds_config)
         describe(run)
-    result = train(run)
+    code, result = train_guarded(run)
+    if code is not None:
+        return code
     if run.test_data is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
         result = evaluate(run, test=True)
     if dist.is_main:
@@ -81,12 +84,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def train_guarded(run: Run) -> tuple[int | None, dict]:
+    """Train with the stop signals caught: (exit code if it stopped early, else None; the last eval)."""
+    run.guard.install()
+    try:
+        result = train(run)
+    except NonFiniteLoss as e:
+        print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
+        return _close(run, EXIT_NONFINITE), {}
+    finally:
+        run.guard.uninstall()
+    if run.step < run.cfg.train.max_steps:
+        g = run.guard
+        why = (f"signal {g.signalled}" if g.signalled else f"checkpoint.stop_at={g.stop_at}"
+               if g.stop_at and run.step >= g.stop_at else "a signal to another rank")
+        print(f"rank {run.dist.rank}: stopped after step {run.step} by {why}; checkpoint saved; exit code "
+              f"{EXIT_REQUEUE}: run the same command to resume", file=sys.stderr)
+        return _close(run, EXIT_REQUEUE), result
+    return None, result
+
+
+def _close(run: Run, code: int) -> int:
+    run.monitor.close()
+    distributed.destroy()
+    return code
+
+
 def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
     cfg = load_config(preset, overrides)
     ds_config = load_ds_config(_resolve(cfg.ds_config))
-    check_output_dir(cfg)
     splits = load_splits(cfg.data)
     tokenizer = build_tokenizer(cfg, splits.train.examples)
+    check_output_dir(cfg)  # last: bad data or config fails before anything is created in output_dir
     return Inputs(cfg, ds_config, splits, tokenizer)
 
 
@@ -140,17 +169,15 @@ def build_smop(cfg: RunConfig, backbone, tokenizer) -> SMoP:
         repeated = (text_ids * (p.prompt_length // max(1, len(text_ids)) + 1))[: p.prompt_length]
         ids = torch.tensor(repeated).expand(p.num_prompts, -1)
     init_prompts(smop, p.init.value, backbone.get_input_embeddings(), ids, gen)
+    with torch.no_grad():
+        smop.prompts.mul_(p.init_scale)
     return smop
 
 
 def check_output_dir(cfg: RunConfig) -> None:
     """Refuse to mix two different runs in one output_dir (checked on every rank: same filesystem)."""
     out = Path(cfg.output_dir)
-    previous = out / "config.yaml"
-    if previous.exists() and not cfg.overwrite:
-        if yaml.safe_load(previous.read_text()) != to_dict(cfg):
-            raise ValueError(f"output_dir '{out}' holds a run with a different config ({previous}); "
-                             "choose another output_dir or pass overwrite=true")
+    resume.check_previous_run(cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -166,9 +193,11 @@ def write_run_files(run: Run, ds_config: dict) -> None:
     out = Path(cfg.output_dir)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-    backbone_dtype = str(next(run.model.backbone.parameters()).dtype).removeprefix("torch.")
+    backbone = list(run.model.backbone.parameters())
     info = {"git_revision": _git_revision(), "world_size": world_size, "command": sys.argv,
-            "backbone_dtype": backbone_dtype,
+            "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
+            "backbone_params": sum(distributed.numel(p) for p in backbone),
+            "backbone_params_on_rank0": sum(distributed.local_numel(p) for p in backbone),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "torch": torch.__version__,
             "deepspeed": __import__("deepspeed").__version__, "transformers": __import__("transformers").__version__}
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")

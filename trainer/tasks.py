@@ -264,7 +264,11 @@ def get_task(name: str) -> Task:
 def read_jsonl_lines(path) -> list[tuple[int, dict]]:
     """(line number, record) for each non-blank line of a jsonl file; one-line errors naming path:line."""
     records = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror}); check data.data_dir and data.task") from None
+    with f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
