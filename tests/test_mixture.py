@@ -1,8 +1,10 @@
 """Task mixtures: sampling rates, and a batch order that is a pure function of (seed, step)."""
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from tests.launch import events, run_trainer
 from trainer.config import DataConfig, Mixing
 from trainer.data import TrainOrder
 from trainer.mixture import MixtureOrder, build_order, mixing_rates
@@ -66,3 +68,20 @@ def test_build_order_chooses_by_mixing():
 def test_a_task_without_training_examples_is_an_error():
     with pytest.raises(ValueError, match="task 1 of the mixture has no training examples"):
         MixtureOrder([0, 0], [0.5, 0.5], 4, 0)
+
+
+def test_stopped_and_resumed_mixture_run_equals_an_uninterrupted_one(tmp_path):
+    """Real processes: the resumed run recomputes the task draws of steps 0..3 and carries on exactly."""
+    fixtures = Path(__file__).parent / "fixtures" / "superglue"
+    args = ["train.max_steps=6", "checkpoint.every=2", "model.dropout=0", "data.task=rte,cb,copa",
+            f"data.data_dir={fixtures}", "data.mixing=temperature", "data.temperature=3"]
+    ref, out = tmp_path / "ref", tmp_path / "resumed"
+    run_trainer(ref, *args)
+    stopped = run_trainer(out, *args, "checkpoint.stop_at=3", check=False)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    run_trainer(out, *args)
+    a = {e["step"]: (e["loss"], e["routing_table"]) for e in events(ref, "train")}
+    b = {e["step"]: (e["loss"], e["routing_table"]) for e in events(out, "train")}
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert a[step][0] == pytest.approx(b[step][0], abs=1e-6) and a[step][1] == b[step][1]
