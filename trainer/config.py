@@ -264,7 +264,7 @@ def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
             raise ValueError(f"{preset}: cannot read preset ({e.__class__.__name__}: {e})".splitlines()[0]) from e
         if not isinstance(tree, dict):
             raise ValueError(f"{preset}: a preset must be a mapping of config sections")
-        for key, value in _flatten(tree):
+        for key, value in flatten(tree):
             _set(cfg, key, value, where=preset)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -357,10 +357,11 @@ def field_docs(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, object]]
     return rows
 
 
-def _flatten(tree: dict, prefix: str = ""):
+def flatten(tree: dict, prefix: str = ""):
+    """(dotted key, leaf value) pairs of a nested dict."""
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten(value, f"{prefix}{key}.")
         else:
             yield prefix + str(key), value
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from trainer import checkpoint, distributed
-from trainer.config import RunConfig, to_dict
+from trainer.config import RunConfig, flatten, to_dict
 from trainer.distributed import Dist
 from trainer.guard import StepGuard
 
@@ -26,7 +26,7 @@ FREE = ("output_dir", "overwrite", "checkpoint.", "collective_timeout_s", "train
 
 def changed_keys(before: dict, after: dict) -> list[str]:
     """'key: old -> new' for every leaf that differs, free keys excepted."""
-    old, new = dict(_flatten(before)), dict(_flatten(after))
+    old, new = dict(flatten(before)), dict(flatten(after))
     out = []
     for key in sorted(old.keys() | new.keys()):
         if key.startswith(FREE) or old.get(key) == new.get(key):
@@ -109,14 +109,6 @@ def fit_batch(cfg: RunConfig, meta: dict, world: int) -> list[str]:
         notes.append(f"global batch {kept} kept: micro {micro} x accumulation {kept // (micro * world)} "
                      f"x world {world} (was {meta['micro_batch']} x {meta['accum_steps']} x {meta['world_size']})")
     return notes
-
-
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield prefix + str(key), value
 
 
 def restore(run, found: checkpoint.Resume | None) -> None:
