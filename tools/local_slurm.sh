@@ -213,8 +213,8 @@ cmd_start() {
     # Already up (same SLURM_LOCAL_DIR)? Then only wait for the node below;
     # the config is not rewritten (run stop + start to apply changes).
     if [[ -f $SLURM_LOCAL_DIR/run/slurmctld.pid && -f $SLURM_LOCAL_DIR/run/slurmd.pid ]] \
-        && kill -0 "$(cat "$SLURM_LOCAL_DIR/run/slurmctld.pid")" 2>/dev/null \
-        && kill -0 "$(cat "$SLURM_LOCAL_DIR/run/slurmd.pid")" 2>/dev/null; then
+        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmctld.pid")" \
+        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmd.pid")"; then
         log "already running (SLURM_LOCAL_DIR=$SLURM_LOCAL_DIR); reusing it"
     else
         # Clean up anything a half-failed earlier start left behind.
@@ -258,13 +258,19 @@ tagged_pids() {
     done
 }
 
+# A process counts as gone once it is a zombie: in a container PID 1 may be
+# slow to reap (or never reap) orphaned daemons, and `kill -0` succeeds on zombies.
+alive() {
+    [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 kill_pidfile() {   # kill_pidfile FILE: SIGTERM, wait up to 10 s, then SIGKILL
     local f=$1 pid i
     [[ -f $f ]] || return 0
     pid=$(cat "$f" 2>/dev/null || true)
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 40); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
+    for i in $(seq 100); do alive "$pid" || return 0; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
 }
 
@@ -272,7 +278,7 @@ cmd_stop() {
     need_root
     local d=$SLURM_LOCAL_DIR ids i left
     # 1. Cancel all jobs while the controller is still up (bounded).
-    if [[ -f $d/run/slurmctld.pid ]] && kill -0 "$(cat "$d/run/slurmctld.pid" 2>/dev/null)" 2>/dev/null; then
+    if [[ -f $d/run/slurmctld.pid ]] && alive "$(cat "$d/run/slurmctld.pid" 2>/dev/null)"; then
         ids=$(timeout 15 squeue -h -o '%i' 2>/dev/null || true)
         if [[ -n $ids ]]; then
             timeout 15 scancel $ids 2>/dev/null || true
