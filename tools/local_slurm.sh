@@ -20,6 +20,9 @@
 # After `start`, plain sbatch/srun/squeue/scontrol work (the config is written to
 # /etc/slurm/slurm.conf, Debian's compiled-in location). Logs: $SLURM_LOCAL_DIR/log/.
 # There is no accounting database: use `scontrol show job` / `squeue`, not sacct.
+# One cluster per machine (fixed ports 6817/6818, one /etc/slurm/slurm.conf);
+# use the same SLURM_LOCAL_DIR for start and stop. `start` reuses a running
+# cluster; tests/test_local_slurm.py always stops it at the end.
 # Finished jobs stay visible in `scontrol show job` for MinJobAge=300 s.
 #
 # Pitfalls found on a container/microVM without systemd (see notes inline):
@@ -36,6 +39,30 @@
 #   * NodeAddr/SlurmctldHost use 127.0.0.1 so nothing depends on DNS.
 #   * PropagateResourceLimits=NONE: copying the submitter's rlimits into a job
 #     can fail in a sandbox (e.g. RLIMIT_MEMLOCK), which only spams the logs.
+#   * PID 1 of the sandbox reaps orphans slowly, so a daemon that exited stays
+#     a zombie for a while and `kill -0` still succeeds: `stop` checks
+#     /proc/PID/status for state Z instead (else stop took ~6 s, now ~1 s).
+#   * A requeued job waits cred_expire (default 120 s) + one scheduler pass
+#     (sched_interval, default 60 s) before it runs again: ~150 s measured with
+#     defaults. AuthInfo=cred_expire=5 and sched_interval=2 bring it to ~6-7 s.
+#
+# Pre-emption / requeue, as measured on a 2-core Debian 12 VM (Slurm 22.05.8):
+#   * `#SBATCH --signal=B:USR1@N --time=M` reaches the batch shell N s before the
+#     limit, but slurmctld checks time limits only every ~30 s: with --time=1
+#     and @55 the signal came after 18-27 s instead of 5 s. Fine for one slow
+#     end-to-end test, too coarse for many.
+#   * Fast path: `scancel --signal=USR1 --batch JOBID` reaches the batch shell
+#     in <0.1 s. `scontrol requeue JOBID` (from the job's own USR1 trap or from
+#     outside) sends SIGTERM to the batch shell at once, puts the job back to
+#     PENDING, and it reruns with SLURM_RESTART_COUNT=1 ~6-7 s later (output is
+#     appended with --open-mode=append). `sbatch --wait` keeps waiting across
+#     the requeue and returns the exit code of the final run.
+#   * In bash, a trap runs only after the foreground command ends: wait with
+#     `sleep 1 & wait $!` (or run the payload in the background and `wait`).
+#
+# Measured: install 16 s (4 packages + deps, downloaded, openmpi already
+# present); start 0.1-0.4 s to an idle node; a trivial `sbatch --wait` 2.0 s
+# round trip (sbatch polls); srun -n 2 0.2 s; stop ~1-1.5 s.
 set -euo pipefail
 
 SLURM_LOCAL_DIR="${SLURM_LOCAL_DIR:-/tmp/local-slurm}"
