@@ -38,9 +38,13 @@ echo "[$(date -Is)] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLU
 # Each task maps Slurm's ids to torch.distributed's, runs the trainer, and turns the requeue exit code
 # into a marker file plus exit 0: with --kill-on-bad-exit=1 a first rank exiting 3 would get the others
 # killed, and srun would report 143, not 3 (measured on Slurm 22.05).
+# Slurm signals every process of the step, this wrapper too: a bash with no trap dies of USR1 at once
+# (srun then reports "User defined signal 1" while the trainer is still saving); with a trap it waits for
+# the trainer, which gets the signal itself (handlers are not inherited across exec).
 REQUEUE_MARKER="$OUTPUT_DIR/.requeue-${SLURM_JOB_ID}"
 rm -f "$REQUEUE_MARKER"
-TASK='export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+TASK='trap : USR1 TERM
+export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
 export LOCAL_WORLD_SIZE=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / SLURM_JOB_NUM_NODES))}
 "$@"; rc=$?
 if [ "$rc" -eq "$REQUEUE_EXIT_CODE" ]; then touch "$REQUEUE_MARKER"; exit 0; fi
