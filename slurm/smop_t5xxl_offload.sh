@@ -1,14 +1,15 @@
 #!/bin/bash
-# SMoP on a frozen T5-XXL (11B, google/t5-xxl-lm-adapt): ZeRO-3 bf16 with the parameters offloaded to CPU
-# memory, 2 nodes x 8 GPUs. Offload trades speed for GPU memory: use it where the sharded 22 GB bf16
-# backbone plus activations does not fit (e.g. 8 x 24-40 GB); with 8 x 80 GB per node try
-# DS_CONFIG=ds_configs/t5_xl_zero3_bf16.json's settings first. Nodes need RAM for the pinned shards.
+# SMoP on a frozen T5-XXL (11B, google/t5-xxl-lm-adapt): ZeRO-3 bf16 with the parameter shards kept in CPU
+# memory, 1 node x 4 GPUs. Offload trades speed (every gather crosses PCIe) for GPU memory: it is for few
+# GPUs, where the 22 GB bf16 backbone / #GPUs plus activations does not fit (e.g. 4 x 24-40 GB). On 16 GPUs
+# the shard is 1.4 GB: copy ds_configs/t5_xxl_zero3_offload_bf16.json without "offload_param" instead.
+# Each node needs host RAM for the pinned shards (~22 GB per node, plus the usual).
 #   sbatch slurm/smop_t5xxl_offload.sh                          # from the repository root
 # Knobs and overriding #SBATCH lines: see slurm/smop_t5xl.sh.
 #SBATCH --job-name=smop-t5xxl
-#SBATCH --nodes=2                  # EDIT: nodes
-#SBATCH --ntasks-per-node=8        # EDIT: ranks per node = GPUs per node
-#SBATCH --gpus-per-node=8          # EDIT: GPUs per node
+#SBATCH --nodes=1                  # EDIT: nodes
+#SBATCH --ntasks-per-node=4        # EDIT: ranks per node = GPUs per node
+#SBATCH --gpus-per-node=4          # EDIT: GPUs per node
 #SBATCH --cpus-per-task=8          # EDIT
 #SBATCH --time=48:00:00            # EDIT
 #SBATCH --signal=B:USR1@900        # larger: XXL steps are slow, and a step must finish before the save
