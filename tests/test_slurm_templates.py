@@ -64,7 +64,6 @@ def test_shipped_template_trains_on_two_ranks(slurm):
     assert "2 ranks on 1 node(s)" in text and "finished with exit code 0" in text, text[-3000:]
 
 
-@pytest.mark.xfail(reason="needs issue 5's signal handling", strict=False)
 def test_preemption_signal_requeues_and_resumes_without_lost_or_repeated_steps(slurm):
     """USR1 to the batch shell (what --signal=B:USR1@600 sends before the time limit) mid-run: the shell
     forwards it, the trainer saves and exits with the requeue code, the job requeues itself, and the second
