@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         resume.restore(run, found)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        distributed.destroy()  # a no-op before init; after it, a clean exit for gloo's threads
         return EXIT_BAD_INPUT
     if dist.is_main:
         write_run_files(run, inputs.ds_config)
