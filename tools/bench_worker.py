@@ -41,6 +41,11 @@ def main(spec: dict) -> None:
     inputs = read_inputs(None, trainer_overrides(spec, size))
     dist = distributed.init()
     run = build_run(inputs, dist)
+    if spec.get("activation_checkpointing"):
+        # What a `train.activation_checkpointing` option would do (docs/benchmarks.md): recompute each T5
+        # block in backward instead of keeping its activations. Non-reentrant, so the frozen weights need
+        # no grad; under ZeRO-3 the recompute gathers the block's weights again.
+        run.model.backbone.activation_checkpointing_enable({"use_reentrant": False})
     n = run.order.global_batch * 8
     input_ids, labels = synthetic_rows(n, size.seq_len, size.target_len, size.vocab_size, run.cfg.seed)
     run.train_data = Encoded([None] * n, [0] * n, input_ids, labels, 0)
