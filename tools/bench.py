@@ -8,6 +8,7 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     smop-KxL          this trainer, SMoP with k prompts of l tokens (ZeRO-3)
     smop-KxL-zero2    the same under ZeRO-2
     ...-ckpt          suffix for any trainer arm: backbone activation checkpointing on (memory/speed trade-off)
+    ...-eager         suffix for any trainer arm: eager T5 attention instead of transformers' default SDPA
     pt-L              this trainer, prompt tuning (prompt.method=prompt_tuning num_prompts=1 prompt_length=L)
     hf-peft-L         Hugging Face Trainer + PEFT prompt tuning (num_virtual_tokens=L), same ZeRO stage
     full-ft           prompt.method=full_finetune, when the trainer has it
@@ -70,9 +71,10 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
             return {**base, "skip": f"prompt.method={FULL_FT} is not available on this branch"}
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
-    if name.endswith("-ckpt") and not name.startswith("hf-peft"):
-        spec = arm_spec(name.removesuffix("-ckpt"), args, size, on_gpu, out)
-        return {**spec, "arm": name, "out_dir": str(out / name), "activation_checkpointing": True}
+    for suffix, flag in (("-ckpt", "activation_checkpointing"), ("-eager", "eager_attention")):
+        if name.endswith(suffix) and not name.startswith("hf-peft"):
+            spec = arm_spec(name.removesuffix(suffix), args, size, on_gpu, out)
+            return {**spec, "arm": name, "out_dir": str(out / name), flag: True}
     m = re.fullmatch(r"smop-(\d+)x(\d+)(-zero2)?", name)
     if m:
         spec = {**base, "kind": "trainer", "method": "smop", "num_prompts": int(m[1]), "prompt_length": int(m[2])}
@@ -129,7 +131,8 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
     result.update(wall_s=round(time.time() - started, 1), ds_config=spec.get("ds_config"),
                   method=spec.get("method"), num_prompts=spec.get("num_prompts"),
                   prompt_length=spec.get("prompt_length"))
-    result["activation_checkpointing"] = bool(spec.get("activation_checkpointing"))
+    for flag in ("activation_checkpointing", "eager_attention"):
+        result[flag] = bool(spec.get(flag))
     if "ds_config_source" in spec:
         result["ds_config_source"] = spec["ds_config_source"]
     return result

@@ -46,6 +46,10 @@ def main(spec: dict) -> None:
         # block in backward instead of keeping its activations. Non-reentrant, so the frozen weights need
         # no grad; under ZeRO-3 the recompute gathers the block's weights again.
         run.model.backbone.activation_checkpointing_enable({"use_reentrant": False})
+    if spec.get("eager_attention"):
+        # transformers runs T5 attention through SDPA by default (exact: tests/test_backbone.py); eager is the
+        # before-figure of that speed item.
+        run.model.backbone.set_attn_implementation("eager")
     n = run.order.global_batch * 8
     input_ids, labels = synthetic_rows(n, size.seq_len, size.target_len, size.vocab_size, run.cfg.seed)
     run.train_data = Encoded([None] * n, [0] * n, input_ids, labels, 0)
