@@ -243,9 +243,13 @@ def main(argv=None) -> int:
     if on_gpu:
         probe = subprocess.run([sys.executable, str(REPO / "tools" / "bench_worker.py"), "--peak"], cwd=REPO,
                                env=env, capture_output=True, text=True, timeout=600)
-        line = next(x for x in probe.stdout.splitlines() if x.startswith(RESULT_PREFIX))
-        found = json.loads(line[len(RESULT_PREFIX):])
-        peak, device = found["matmul_peak_flops"], found["device"]
+        lines = [x for x in probe.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
+        if not lines:  # no MFU then, but the arms still run
+            print(f"[bench] matmul peak probe failed: {_error_line(probe.stderr, probe.returncode)}", file=sys.stderr)
+            device = {"type": "cuda", "name": "unknown (peak probe failed)"}
+        else:
+            found = json.loads(lines[-1][len(RESULT_PREFIX):])
+            peak, device = found["matmul_peak_flops"], found["device"]
     else:
         device.update(omp_num_threads=env["OMP_NUM_THREADS"])
         device.pop("torch_threads")

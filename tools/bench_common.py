@@ -109,13 +109,13 @@ def peak_memory(device: torch.device) -> dict:
     return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "cpu_max_rss_process"}
 
 
-def matmul_peak_flops(device: torch.device, n: int = 8192, iters: int = 50) -> float | None:
+def matmul_peak_flops(device: torch.device, n: int = 8192, iters: int = 200) -> float | None:
     """Measured dense bf16 matmul throughput (FLOP/s) of this GPU: the denominator of MFU. None on the CPU."""
     if device.type != "cuda":
         return None
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(5):
+    for _ in range(10):  # clocks up, cuBLAS picks its kernel
         a @ b
     sync(device)
     started = time.perf_counter()

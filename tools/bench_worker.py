@@ -61,6 +61,7 @@ def main(spec: dict) -> None:
         batches = [{k: v.to(device) for k, v in collate(run.train_data, list(range(i, i + run.micro_batch)), 0).items()}
                    for i in range(0, 4 * run.micro_batch, run.micro_batch)]
         step = 0
+        run.model.train()  # dropout on, as train_step sets it: both loops do the same arithmetic
 
         def one_step(marks=None):
             nonlocal step
