@@ -21,7 +21,7 @@ FIGURES = ("step_time_s", "samples_per_s", "tokens_per_s", "peak_memory_bytes", 
 
 def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path):
     seq_len, target_len = 16, 8
-    cmd = [sys.executable, "tools/bench.py", "--size", "tiny", "--arms", "pt-5,smop-4x5,full-ft", "--baseline", "pt-5",
+    cmd = [sys.executable, "tools/bench.py", "--size", "tiny", "--arms", "smop-4x5,bare,full-ft", "--baseline", "smop-4x5",
            "--warmup", "1", "--steps", "2", "--phase-steps", "1", "--infer-repeats", "1", "--gen-tokens", "2",
            "--seq-len", str(seq_len), "--target-len", str(target_len), "--micro-batch", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -32,30 +32,34 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path)
     assert report["versions"]["torch"] and report["versions"]["deepspeed"] and report["device"]["type"] == "cpu"
     arms = report["arms"]
     assert arms["full-ft"]["status"] in ("skipped", "ok", "failed")  # skipped until the method lands
-    base = arms["pt-5"]
-    for name in ("pt-5", "smop-4x5"):
+    base = arms["smop-4x5"]
+    for name in ("smop-4x5", "bare"):
         arm = arms[name]
         assert arm["status"] == "ok", arm
         for key in FIGURES:
             assert key in arm, (name, key)
         assert arm["world_size"] == 2 and len(arm["peak_memory_bytes_per_rank"]) == 2
         assert arm["peak_memory_bytes"] == max(arm["peak_memory_bytes_per_rank"]) > 0
-        assert set(arm["phases_s"]) == {"data", "forward", "backward", "communication", "optimizer"}
+        assert {"forward", "backward", "communication", "optimizer"} <= set(arm["phases_s"])
         assert all(v >= 0 for v in arm["phases_s"].values())
-        assert arm["latency_s_per_example"] > 0 and arm["mfu"] is None  # no MFU without a GPU peak
+        assert arm["mfu"] is None  # no MFU without a GPU peak
         assert arm["samples_per_s"] == pytest.approx(arm["global_batch"] / arm["step_time_s"])
         assert arm["tokens_per_s"] == pytest.approx(arm["samples_per_s"] * (seq_len + target_len))
         r = arm["ratios"]
         assert r["samples_per_s"] == pytest.approx(arm["samples_per_s"] / base["samples_per_s"])
         assert r["tokens_per_s"] == pytest.approx(arm["tokens_per_s"] / base["tokens_per_s"])
         assert r["peak_memory"] == pytest.approx(arm["peak_memory_bytes"] / base["peak_memory_bytes"])
-        assert r["latency"] == pytest.approx(arm["latency_s_per_example"] / base["latency_s_per_example"])
     assert base["ratios"]["samples_per_s"] == 1.0
-    assert arms["smop-4x5"]["trainable_params"] == 4 * 5 * 128 + 4 * 128  # prompts + router, d=128
-    for name in ("pt-5", "smop-4x5", "full-ft"):
+    assert "data" in base["phases_s"] and base["latency_s_per_example"] > 0
+    assert arms["bare"]["latency_s_per_example"] is None and arms["bare"]["ratios"]["latency"] is None
+    assert base["trainable_params"] == arms["bare"]["trainable_params"] == 4 * 5 * 128 + 4 * 128  # prompts, router
+    bare = arms["bare"]
+    assert bare["trainer_overhead_paired"] == pytest.approx(bare["paired_trainer_step_s"] / bare["paired_bare_step_s"] - 1)
+    overhead = next(t for t in report["targets"] if t["target"].startswith("trainer overhead"))
+    assert overhead["value"] == pytest.approx(bare["trainer_overhead_paired"])
+    for name in ("smop-4x5", "bare", "full-ft"):
         assert name in proc.stdout
-    assert "ratio to pt-5" in proc.stdout
-
+    assert "ratio to smop-4x5" in proc.stdout
 
 def test_arm_names_parse_to_trainer_settings(tmp_path):
     args = Namespace(warmup=1, steps=1, phase_steps=1, infer_repeats=0, override=[])

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tools.bench_common import (Size, combine, device_info, emit, matmul_peak_flops, model_overrides, peak_memory,  # noqa: E402
-                                rank_figures, reset_peak_memory, sync, synthetic_rows)
+from tools.bench_common import (Size, combine, device_info, emit, matmul_peak_flops, median, model_overrides,  # noqa: E402
+                                peak_memory, rank_figures, reset_peak_memory, sync, synthetic_rows)
 
 
 def main(spec: dict) -> None:
@@ -85,19 +85,27 @@ def main(spec: dict) -> None:
     mem = peak_memory(device)
     phases = (bare_phases(one_step, device, spec["phase_steps"]) if spec["kind"] == "bare"
               else trainer_phases(run, device, spec["phase_steps"]))
+    paired = paired_overhead(one_step, run, device, spec["steps"]) if spec["kind"] == "bare" else None
     latency = None
     if spec["kind"] != "bare" and spec["infer_repeats"] > 0:
         latency = generation_latency(run, collate(run.train_data, list(range(run.micro_batch)), 0),
                                      size.gen_tokens, spec["infer_repeats"])
-    per_rank = distributed.all_gather_objects(rank_figures(times, phases, mem, latency))
+    per_rank = distributed.all_gather_objects({**rank_figures(times, phases, mem, latency), "paired": paired})
     if dist.is_main:
+        extra = {}
+        if paired is not None:
+            bare_s = max(median(r["paired"]["bare"]) for r in per_rank)
+            trainer_s = max(median(r["paired"]["trainer"]) for r in per_rank)
+            extra = {"paired_bare_step_s": bare_s, "paired_trainer_step_s": trainer_s,
+                     "trainer_overhead_paired": trainer_s / bare_s - 1}
         backbone = list(run.model.backbone.parameters())
         emit({"arm": spec["arm"], "status": "ok", "world_size": dist.world_size,
               "global_batch": run.order.global_batch, "micro_batch": run.micro_batch,
               "backbone_params": sum(distributed.numel(p) for p in backbone),
               "trainable_params": sum(p.numel() for p in run.params),
               "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
-              **combine(per_rank, run.order.global_batch, size.seq_len + size.target_len, run.micro_batch)})
+              **combine(per_rank, run.order.global_batch, size.seq_len + size.target_len, run.micro_batch),
+              **extra})
     run.monitor.close()
     distributed.barrier()
     distributed.destroy()
@@ -139,6 +147,23 @@ def bare_step(run, batch: dict, tdist, marks: list | None) -> None:
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     mark(marks, "end", device)
+
+
+def paired_overhead(bare_one_step, run, device: torch.device, steps: int) -> dict:
+    """Alternate a bare step and a `train_step` on the same model, timing each: machine-load drift hits both
+    alike, so the ratio of their medians is the trainer's overhead even on a shared machine."""
+    from trainer.loop import train_step
+
+    out = {"bare": [], "trainer": []}
+    for _ in range(steps):
+        for name, step in (("bare", bare_one_step), ("trainer", lambda: train_step(run))):
+            sync(device)
+            started = time.perf_counter()
+            step()
+            sync(device)
+            out[name].append(time.perf_counter() - started)
+        run.step += 1
+    return out
 
 
 def mark(marks: list | None, name: str, device: torch.device) -> None:
