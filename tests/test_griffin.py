@@ -68,7 +68,8 @@ def test_selection_is_per_example_for_flocking_and_shared_for_static_selectors(m
     x = torch.randn(4, 5, 32)
     keeps = {}
     for selector in griffin.SELECTORS:
-        ff = griffin.GriffinFF(dense, rho=0.25, window=3, selector=selector, generator=torch.Generator().manual_seed(0))
+        ff = griffin.GriffinFF(dense, rho=0.25, window=3, selector=selector,
+                               generator=torch.Generator().manual_seed(0))
         ff(x)
         keeps[selector] = ff.keep
         assert ff.keep.shape == (4, 24)

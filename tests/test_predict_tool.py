@@ -109,3 +109,18 @@ def test_record_naming_an_unloaded_adapter_names_file_and_line(lively, tmp_path)
     proc = predict("--backbone", lively / "backbone", "--adapter", f"x={lively / 'x'}", "--input", bad,
                    "--output", tmp_path / "p.jsonl")
     assert proc.returncode == 2 and f"{bad}:2: adapter 'z' is not loaded" in proc.stderr
+
+
+def test_griffin_pruning_on_one_device_and_refused_under_zero3(lively, tmp_path):
+    common = ["--backbone", lively / "backbone", "--adapter", f"x={lively / 'x'}", "--adapter", f"y={lively / 'y'}",
+              "--input", lively / "inputs.jsonl", "--max_new_tokens", 10]
+    full = predict(*common, "--output", tmp_path / "full.jsonl")
+    pruned = predict(*common, "--output", tmp_path / "pruned.jsonl", "--griffin_rho", 0.25, "--griffin_window", 1)
+    assert full.returncode == 0 and pruned.returncode == 0, pruned.stderr[-3000:]
+    a, b = read(tmp_path / "full.jsonl"), read(tmp_path / "pruned.jsonl")
+    assert [r["idx"] for r in a] == [r["idx"] for r in b]
+    assert [r["prompt"] for r in a] == [r["prompt"] for r in b]  # routing happens before the decoder
+    assert [r["prediction"] for r in a] != [r["prediction"] for r in b]
+    refused = predict(*common, "--output", tmp_path / "z.jsonl", "--griffin_rho", 0.5, "--ds_config",
+                      ROOT / "ds_configs/cpu_zero3.json")
+    assert refused.returncode == 2 and "one device only" in refused.stderr

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 # Run as a script, so the repository root is not on sys.path by itself.
@@ -32,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from tools.run_files import load_backbone, read_run, run_ds_config  # noqa: E402
 from trainer.adapter import check_backbone, load_adapter, read_adapter_config, tokenizer_path  # noqa: E402
+from trainer.griffin import griffin  # noqa: E402
 from trainer.multi_adapter import MultiAdapterT5  # noqa: E402
 from trainer.tasks import get_task, load_split, read_jsonl_lines  # noqa: E402
 from trainer.tokenizer import load_tokenizer  # noqa: E402
@@ -56,8 +58,16 @@ def parse_args(argv):
     p.add_argument("--max_source_length", type=int, default=512, help="encoder length including the prompt")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--ds_config", help="ZeRO-3 inference: shard the backbone with this DeepSpeed config")
+    p.add_argument("--griffin_rho", type=float, default=1.0,
+                   help="GRIFFIN: keep this fraction of each decoder FF layer's neurons after the window "
+                        "(1: off; single device only)")
+    p.add_argument("--griffin_window", type=int, default=2, help="GRIFFIN: decoding steps run with the full FF")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args(argv)
+    if args.griffin_rho < 1 and (args.ds_config or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        p.error("--griffin_rho < 1 runs on one device only (its pruned FF reads weights that ZeRO-3 partitions)")
+    if args.griffin_rho < 1 and args.mode == "rank":
+        p.error("--griffin_rho applies to --mode generate")
     if bool(args.input) == bool(args.task):
         p.error("give exactly one of --input or --task")
     if args.task and not args.data_dir:
@@ -181,7 +191,10 @@ def run(args) -> int:
             scores, index = model.score_candidates(batch, chosen, candidates)
             texts = [words[j] for j in scores.argmax(-1).tolist()]
         else:
-            out, index = model.generate(batch, chosen, args.max_new_tokens, synced_gpus=world > 1)
+            # A fresh GRIFFIN context per generate call: it counts decoding steps from the first.
+            pruned = args.griffin_rho < 1
+            with griffin(model.backbone, args.griffin_rho, args.griffin_window) if pruned else nullcontext():
+                out, index = model.generate(batch, chosen, args.max_new_tokens, synced_gpus=world > 1)
             texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         mine += list(zip(indices, texts, index.tolist()))
     if dist is not None:
