@@ -124,3 +124,19 @@ def test_griffin_pruning_on_one_device_and_refused_under_zero3(lively, tmp_path)
     refused = predict(*common, "--output", tmp_path / "z.jsonl", "--griffin_rho", 0.5, "--ds_config",
                       ROOT / "ds_configs/cpu_zero3.json")
     assert refused.returncode == 2 and "one device only" in refused.stderr
+
+
+def test_single_device_predict_from_a_checkpoint_never_imports_deepspeed(lively, tmp_path):
+    inputs = tmp_path / "in.jsonl"  # one adapter loaded: records may leave "adapter" out
+    inputs.write_text("".join(json.dumps({"input": r["input"]}) + "\n" for r in read(lively / "inputs.jsonl")[:4]))
+    argv = [PREDICT, "--backbone", str(lively / "backbone"), "--adapter", f"x={lively / 'x'}", "--input",
+            str(inputs), "--output", str(tmp_path / "p.jsonl"), "--max_new_tokens", "2"]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print('deepspeed' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    assert len(read(tmp_path / "p.jsonl")) == 4

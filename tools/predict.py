@@ -33,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from tools.run_files import load_backbone, read_run, run_ds_config  # noqa: E402
 from trainer.adapter import check_backbone, load_adapter, read_adapter_config, tokenizer_path  # noqa: E402
+from trainer.data import eval_shards  # noqa: E402
 from trainer.griffin import griffin  # noqa: E402
 from trainer.multi_adapter import MultiAdapterT5  # noqa: E402
 from trainer.tasks import get_task, load_split, read_jsonl_lines  # noqa: E402
@@ -166,24 +167,32 @@ def run(args) -> int:
     adapter_dirs = parse_adapters(args.adapter)
     zero3 = bool(args.ds_config) or int(os.environ.get("WORLD_SIZE", "1")) > 1
     model, tokenizer, dist = build(args, adapter_dirs, zero3)
-    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    device = dist.device if dist else model.backbone.device
     records = read_inputs(args, model.names)
     ids, truncated = encode(records, tokenizer, args.max_source_length - model.prompt_length - 1)
     adapter_ids = model.adapter_ids([r["adapter"] for r in records])
-    candidates, words = None, None
-    if args.mode == "rank":
-        words = get_task(args.task).label_words if args.task else None
-        if not words:
-            raise ValueError("--mode rank needs --task with label words")
-        candidates = [torch.tensor(tokenizer(w, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
-                      for w in words]
+    started = time.time()
+    mine = predict_shard(args, model, tokenizer, ids, adapter_ids, dist)
+    if dist is not None:
+        from trainer import distributed  # only here: a single-device run never imports DeepSpeed
 
-    from trainer.data import eval_shards
+        mine = [item for part in distributed.all_gather_objects(mine) for item in part]  # the one gather
+    if dist is None or dist.is_main:
+        write(args.output, records, sorted(mine))
+        summarise(records, sorted(mine), truncated, time.time() - started, args.output)
+    if dist is not None:
+        distributed.barrier()
+        distributed.destroy()
+    return 0
 
-    started, mine = time.time(), []
-    shards = eval_shards(len(records), rank, world, args.batch_size)
-    for indices in tqdm(shards, disable=rank != 0, desc="predict", unit="batch"):
+
+def predict_shard(args, model: MultiAdapterT5, tokenizer, ids, adapter_ids, dist) -> list[tuple[int, str, int]]:
+    """(input position, prediction, prompt index) for this rank's share of the inputs."""
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    device = dist.device if dist else model.backbone.device
+    words, candidates = label_candidates(args, tokenizer)
+    mine = []
+    for indices in tqdm(eval_shards(len(ids), rank, world, args.batch_size), disable=rank != 0, desc="predict",
+                        unit="batch"):
         rows = indices or [0]  # a placeholder batch keeps every ZeRO-3 rank in the same forward
         batch = {k: v.to(device) for k, v in pad([ids[i] for i in rows], tokenizer.pad_token_id).items()}
         chosen = adapter_ids[rows].to(device)
@@ -197,19 +206,18 @@ def run(args) -> int:
                 out, index = model.generate(batch, chosen, args.max_new_tokens, synced_gpus=world > 1)
             texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         mine += list(zip(indices, texts, index.tolist()))
-    if dist is not None:
-        from trainer import distributed
+    return mine
 
-        mine = [item for part in distributed.all_gather_objects(mine) for item in part]  # the one gather
-    if rank == 0:
-        write(args.output, records, sorted(mine))
-        summarise(records, sorted(mine), truncated, time.time() - started, args.output)
-    if dist is not None:
-        from trainer import distributed
 
-        distributed.barrier()
-        distributed.destroy()
-    return 0
+def label_candidates(args, tokenizer):
+    """--mode rank: the task's label words and their target ids (each ending in </s>); else (None, None)."""
+    if args.mode != "rank":
+        return None, None
+    words = get_task(args.task).label_words if args.task else None
+    if not words:
+        raise ValueError("--mode rank needs --task with label words")
+    eos = tokenizer.eos_token_id
+    return words, [torch.tensor(tokenizer(w, add_special_tokens=False).input_ids + [eos]) for w in words]
 
 
 def write(path, records, predicted) -> None:
