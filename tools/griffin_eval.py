@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python tools/griffin_eval.py quality --ff gated --out runs/griffin-gated
     OMP_NUM_THREADS=2 python tools/griffin_eval.py speed --shape base
+    OMP_NUM_THREADS=2 python tools/griffin_eval.py ffspeed
 
 quality: trains a small T5 from scratch (all weights, a few minutes on a CPU) on a synthetic task whose
 answers need the feed-forward layers: map every input symbol through a fixed random permutation and write
@@ -13,6 +14,7 @@ the configurations differ). A random frozen backbone would not do: its neurons e
 speed: greedy decode time per token for the full FF and GRIFFIN at rho 0.5 and 0.25 (batch 1 and 16) on
 random weights of the given shape ('base': T5 v1.1-base, d 768, d_ff 2048, 12 layers; 'tiny': the quality
 model's shape). Per-token time = (time for 1 + N tokens - time for 1 token) / N, so the encoder is excluded.
+ffspeed: one gated FF layer at one decoding step, full against pruned, at T5 v1.1 base/large/XL widths.
 Prints one JSON line per measurement.
 """
 from __future__ import annotations
@@ -137,9 +139,42 @@ def run_speed(args):
                   flush=True)
 
 
+FF_SHAPES = {"base": (768, 2048), "large": (1024, 2816), "xl": (2048, 5120)}  # T5 v1.1 (d_model, d_ff)
+
+
+@torch.no_grad()
+def run_ff_speed(args):
+    """One gated decoder FF layer at one decoding step (T = 1): full against GRIFFIN's pruned path.
+
+    Less noisy than whole-model decoding on a shared machine, and it isolates what GRIFFIN changes.
+    """
+    from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
+
+    for name, (d, dff) in FF_SHAPES.items():
+        config = T5Config(d_model=d, d_ff=dff, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+        dense = T5DenseGatedActDense(config).eval()
+        for batch in (1, 16):
+            x = torch.randn(batch, 1, d)
+            for rho in (1.0, 0.5, 0.25):
+                ff = griffin.GriffinFF(dense, rho, window=1)
+                ff(x)  # the window step: full FF, statistic, then selection on the next call
+                call = (lambda: dense(x)) if rho == 1 else (lambda: ff(x))
+                call()
+                best = float("inf")
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    for _ in range(50):
+                        call()
+                    best = min(best, (time.perf_counter() - started) / 50)
+                print(json.dumps({"ff_shape": name, "d_model": d, "d_ff": dff, "batch": batch, "rho": rho,
+                                  "path": "full" if rho == 1 else ("shared" if ff.shared else "per-example"),
+                                  "threads": torch.get_num_threads(), "us_per_call": round(1e6 * best, 1)}),
+                      flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("quality", "speed"))
+    p.add_argument("what", choices=("quality", "speed", "ffspeed"))
     p.add_argument("--ff", choices=("gated", "plain"), default="gated")
     p.add_argument("--out", help="quality: save/reuse the trained model here")
     p.add_argument("--steps", type=int, default=1500)
@@ -151,7 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--new_tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    run_quality(args) if args.what == "quality" else run_speed(args)
+    {"quality": run_quality, "speed": run_speed, "ffspeed": run_ff_speed}[args.what](args)
     return 0
 
 
