@@ -21,6 +21,7 @@ import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from trainer import distributed, resume  # noqa: E402
+from trainer.adapter import adapter_meta, save_adapter  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
 from trainer.config import REPO_ROOT, PromptInit, RunConfig, load_config, to_dict  # noqa: E402
 from trainer.data import encode, task_names  # noqa: E402
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_main:
         save_file({name: t.detach().cpu().contiguous() for name, t in run.model.smop.state_dict().items()},
                   str(Path(run.cfg.output_dir) / "smop_final.safetensors"))
+        save_adapter(Path(run.cfg.output_dir) / "adapter", run.model.smop,
+                     adapter_meta(run.cfg, run.model.backbone.config), run.tokenizer)
         print_result(result)
     run.monitor.close()
     distributed.barrier()
