@@ -46,3 +46,29 @@ def test_bf16_backbone_keeps_smop_fp32(tmp_path):
     assert checks and all(c["identical"] and c["dtypes"] == ["float32"] and not c["partitioned"] for c in checks)
     assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "smop_final.safetensors").values())
     assert json.loads((tmp_path / "run_info.json").read_text())["backbone_dtype"] == "bfloat16"
+
+
+def test_zero2_replicates_the_backbone_and_matches_one_rank(tmp_path):
+    """Below ZeRO-3 there is no engine (DeepSpeed asserts an optimizer for stage 1/2): every rank holds the
+    whole bf16 backbone, the SMoP gradients are all-reduced by the trainer, and 2 ranks match 1."""
+    common = ["ds_config=ds_configs/zero2_bf16.json", "model.dropout=0", "train.global_batch_size=8",
+              "train.check_replicas_every=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_trainer(one, *common, nproc=1)
+    proc = run_trainer(two, *common, nproc=2)
+    assert "ZeRO stage 2" in proc.stdout
+    info = json.loads((two / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["backbone_dtype"] == "bfloat16"
+    checks = events(two, "replica_check")
+    assert len(checks) == 4 and all(c["identical"] and c["dtypes"] == ["float32"] for c in checks)
+    loss_one = [e["loss"] for e in events(one, "train")]
+    loss_two = [e["loss"] for e in events(two, "train")]
+    assert loss_one == pytest.approx(loss_two, rel=1e-3) and loss_one[0] != loss_one[-1]
+
+
+def test_xxl_parameter_offload_config_runs(tmp_path):
+    """The T5-XXL ds_config (ZeRO-3, parameters offloaded to CPU) is accepted by the engine and trains."""
+    proc = run_trainer(tmp_path, "ds_config=ds_configs/t5_xxl_zero3_offload_bf16.json", "train.max_steps=2")
+    assert "ZeRO stage 3" in proc.stdout
+    assert [e["step"] for e in events(tmp_path, "train")] == [1, 2]
+    assert json.loads((tmp_path / "ds_config.json").read_text())["zero_optimization"]["offload_param"]["device"] == "cpu"

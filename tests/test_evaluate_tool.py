@@ -72,3 +72,18 @@ def test_malformed_predictions_exit_2(tmp_path, raw, message):
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}{message}")
+
+
+def test_dev_split_is_the_trainers_carved_dev_set(tmp_path):
+    from trainer.tasks import get_task, paper_splits
+
+    dev = paper_splits(get_task("rte"), FIXTURES, 0.5)["dev"]
+    assert len(dev) == 2
+    preds = [{"idx": dev[0].idx, "prediction": dev[0].target}, {"idx": dev[1].idx, "prediction": "nonsense"}]
+    result, _ = evaluate("rte", preds, tmp_path, "--split", "dev", "--dev_fraction", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"accuracy": 50.0}
+    train_only = {ex.idx for ex in paper_splits(get_task("rte"), FIXTURES, 0.5)["train"]}.pop()
+    result, _ = evaluate("rte", [{"idx": train_only, "prediction": "entailment"}], tmp_path, "--split", "dev",
+                         "--dev_fraction", "0.5")
+    assert result.returncode == 2 and "is not in the split" in result.stderr

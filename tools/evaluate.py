@@ -2,6 +2,9 @@
 
     python tools/evaluate.py --task rte --data_dir DIR --split val --predictions preds.jsonl
 
+`--split dev` scores the dev set the trainer carves from train.jsonl with data.splits=paper (the last
+`--dev_fraction` of each label); with that convention the test set is `--split val`.
+
 `preds.jsonl` holds one {"idx": ..., "prediction": "..."} object per line; MultiRC and ReCoRD use their
 nested idx ({"paragraph", "question", "answer"} / {"passage", "query"}). Prints one JSON object of
 metrics (0-100). Bad input: one line on stderr naming file:line, exit code 2.
@@ -15,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer.metrics import VARIANTS, idx_key, score  # noqa: E402
-from trainer.tasks import SPLITS, get_task, load_split, read_jsonl_lines  # noqa: E402
+from trainer.tasks import SPLITS, get_task, load_split, paper_splits, read_jsonl_lines  # noqa: E402
 
 
 def read_predictions(path, examples) -> dict:
@@ -42,14 +45,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="a SuperGLUE task name, or jsonl")
     parser.add_argument("--data_dir", required=True, help="folder holding <TASK>/<split>.jsonl")
-    parser.add_argument("--split", default="val", choices=SPLITS)
+    parser.add_argument("--split", default="val", choices=(*SPLITS, "dev"),
+                        help="an official split, or dev: the trainer's data.splits=paper dev set")
+    parser.add_argument("--dev_fraction", type=float, default=0.1, help="--split dev: the run's data.dev_fraction")
     parser.add_argument("--predictions", required=True, help="jsonl of {idx, prediction}")
     parser.add_argument("--variant", default="official", choices=VARIANTS)
     args = parser.parse_args(argv)
     try:
         task = get_task(args.task)
         # Evaluation layout: one ReCoRD example per query, whatever the split.
-        examples = load_split(task, args.data_dir, args.split, train=False)
+        if args.split == "dev":
+            examples = paper_splits(task, args.data_dir, args.dev_fraction)["dev"]
+        else:
+            examples = load_split(task, args.data_dir, args.split, train=False)
         predictions = read_predictions(args.predictions, examples)
         metrics = score(task, examples, predictions, variant=args.variant)
     except (ValueError, OSError) as e:

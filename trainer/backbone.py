@@ -5,8 +5,6 @@ partitions and no rank ever materialises the whole backbone.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
@@ -28,7 +26,6 @@ def build_backbone(cfg: ModelConfig, vocab_size: int, ds_config: dict, dtype: to
         if cfg.name_or_path == "tiny":
             model = T5ForConditionalGeneration._from_config(tiny_t5_config(cfg, vocab_size), dtype=dtype)
         else:
-            _check_local_path(cfg.name_or_path)
             try:
                 model = AutoModelForSeq2SeqLM.from_pretrained(
                     cfg.name_or_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
@@ -57,11 +54,3 @@ def set_dropout(model: nn.Module, rate: float) -> None:
         if isinstance(module, nn.Dropout):
             module.p = rate
     model.config.dropout_rate = rate
-
-
-def _check_local_path(name: str) -> None:
-    # A hub name looks like "org/name"; anything that looks like a filesystem path must exist, so a typo
-    # fails here with the path named instead of as a confusing hub lookup error.
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise ValueError(f"model.name_or_path: no such directory '{name}'")

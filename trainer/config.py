@@ -63,6 +63,16 @@ class DataSource(str, enum.Enum):
     HUB = "hub"
 
 
+class Splits(str, enum.Enum):
+    OFFICIAL = "official"
+    PAPER = "paper"
+
+
+class Mixing(str, enum.Enum):
+    PROPORTIONAL = "proportional"
+    TEMPERATURE = "temperature"
+
+
 @dataclass
 class TinyT5Config:
     """Shape of the random T5 built when `model.name_or_path` is 'tiny' (T5 v1.1 layout, gated-GELU)."""
@@ -132,6 +142,8 @@ class PromptConfig:
     """IAPT generator bottleneck m; trainable params are about 2 x d x m per encoder layer."""
     iapt_prompts: int = 4
     """IAPT soft tokens written before every encoder layer (the paper's 4)."""
+    init_scale: float = 1.0
+    """Multiplies the initial prompt values (1: the init as described; huge values make the loss overflow)."""
 
 
 @dataclass
@@ -139,21 +151,33 @@ class DataConfig:
     """Where examples come from and how they are cut."""
 
     task: str = "rte"
-    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc) or 'jsonl'."""
+    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc) or 'jsonl'; comma-separated
+    names (rte,cb) train one prompt bank on a mixture of tasks, sampled as data.mixing says."""
     data_dir: str = ""
     """Directory in the official layout (RTE/train.jsonl, RTE/val.jsonl); empty: the embedded tiny data."""
     source: DataSource = DataSource.LOCAL
     """'local' reads data_dir; 'hub' calls datasets.load_dataset('super_glue', task)."""
+    splits: Splits = Splits.OFFICIAL
+    """'official': train on train_split, evaluate on eval_split. 'paper' (the SMoP code's): train on
+    train.jsonl less a dev set carved from it (last dev_fraction of each label), evaluate on that dev set
+    during training, and on val.jsonl (the official validation set, used as test) once at the end."""
+    dev_fraction: float = 0.1
+    """splits=paper: the fraction of each label's training records carved off as the dev set."""
     train_split: str = "train"
-    """Split trained on."""
+    """splits=official: split trained on."""
     eval_split: str = "val"
-    """Split evaluated on."""
+    """splits=official: split evaluated on."""
+    mixing: Mixing = Mixing.PROPORTIONAL
+    """Task mixtures: 'proportional' shuffles the union of the tasks' examples (each example once per
+    epoch); 'temperature' samples task i at rate proportional to n_i^(1/temperature) (T5's mixing)."""
+    temperature: float = 2.0
+    """T of mixing=temperature: 1 is proportional in expectation; larger T flattens towards uniform."""
     max_source_length: int = 512
     """Encoder length including the l prompt positions and the final </s>."""
     max_target_length: int = 16
     """Target tokens including </s>."""
     max_eval_examples: int = 0
-    """Evaluate on at most this many examples; 0: all."""
+    """Evaluate on at most this many examples of each task (dev and test alike); 0: all."""
 
 
 @dataclass
@@ -186,6 +210,8 @@ class TrainConfig:
     """Steps between evaluations; 0: only at the end."""
     check_replicas_every: int = 0
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
+    max_nonfinite: int = 5
+    """A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run."""
 
 
 class EvalMode(str, enum.Enum):
@@ -207,6 +233,22 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints of what trains (prompts, router, optimiser, scheduler, step, RNG), never the frozen backbone."""
+
+    every: int = 100
+    """Steps between checkpoints; 0: only at the end and when stopped by a signal."""
+    keep: int = 3
+    """Newest checkpoints kept in output_dir/checkpoints; older ones are deleted after each save."""
+    resume: str = "auto"
+    """'auto': continue from `latest` in output_dir if there is one; 'fresh': start at step 0 (the previous
+    run's checkpoints and metrics are moved to output_dir/previous-<time>); 'latest': continue even if the
+    config changed; or a checkpoint name (step-000200) or directory to continue from."""
+    stop_at: int = 0
+    """Stop after this step as if pre-empted (checkpoint, exit code 3): splits a run into jobs; 0: never."""
+
+
+@dataclass
 class RunConfig:
     """One training run."""
 
@@ -217,12 +259,15 @@ class RunConfig:
     seed: int = 42
     """Seeds model init, prompts, data order and router noise."""
     overwrite: bool = False
-    """Allow an output_dir that holds a run with a different config."""
+    """Allow an output_dir that holds a run with a different config; it then starts fresh (see checkpoint.resume)."""
+    collective_timeout_s: float = 1800.0
+    """Seconds a collective may wait for the other ranks before the job fails (a dead rank never hangs it)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
@@ -236,7 +281,7 @@ def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
             raise ValueError(f"{preset}: cannot read preset ({e.__class__.__name__}: {e})".splitlines()[0]) from e
         if not isinstance(tree, dict):
             raise ValueError(f"{preset}: a preset must be a mapping of config sections")
-        for key, value in _flatten(tree):
+        for key, value in flatten(tree):
             _set(cfg, key, value, where=preset)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -253,7 +298,8 @@ def validate(cfg: RunConfig) -> None:
     positive = {"prompt.num_prompts": p.num_prompts, "prompt.prompt_length": p.prompt_length,
                 "train.max_steps": t.max_steps, "train.micro_batch_size": t.micro_batch_size,
                 "train.grad_accum_steps": t.grad_accum_steps, "train.log_every": t.log_every,
-                "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens}
+                "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens,
+                "checkpoint.keep": cfg.checkpoint.keep, "train.max_nonfinite": t.max_nonfinite}
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}={value}: must be at least 1")
@@ -270,9 +316,23 @@ def validate(cfg: RunConfig) -> None:
     if d.max_source_length <= prompt_positions(p) + 1:
         raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed the {prompt_positions(p)} "
                          f"prompt positions + 1 to leave room for input tokens and </s>")
+    if not 0 < d.dev_fraction < 1:
+        raise ValueError(f"data.dev_fraction={d.dev_fraction}: must lie in (0, 1)")
+    if d.temperature <= 0:
+        raise ValueError(f"data.temperature={d.temperature}: must be positive")
+    if d.max_eval_examples < 0:
+        raise ValueError(f"data.max_eval_examples={d.max_eval_examples}: must not be negative")
+    for key, name in {"model.name_or_path": cfg.model.name_or_path, "model.tokenizer": cfg.model.tokenizer}.items():
+        if name and name != "tiny" and _looks_local(name) and not Path(name).expanduser().is_dir():
+            raise ValueError(f"{key}: no such directory '{name}'")
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
-    for key, value in {"train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
+    if not cfg.collective_timeout_s > 0:
+        raise ValueError(f"collective_timeout_s={cfg.collective_timeout_s}: must be positive")
+    if not cfg.checkpoint.resume.strip():
+        raise ValueError("checkpoint.resume: empty; use auto, fresh, latest or a checkpoint name")
+    for key, value in {"checkpoint.every": cfg.checkpoint.every, "checkpoint.stop_at": cfg.checkpoint.stop_at,
+                       "prompt.init_scale": p.init_scale, "train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
                        "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
@@ -283,6 +343,12 @@ def prompt_positions(p: PromptConfig) -> int:
     if p.method == Method.FULL_FINETUNE:
         return 0
     return p.iapt_prompts if p.method == Method.IAPT else p.prompt_length
+
+
+def _looks_local(name: str) -> bool:
+    # A hub name is "org/name"; a path that does not exist should fail here, naming it, rather than as a
+    # hub lookup error.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
 def to_dict(cfg) -> dict:
@@ -319,10 +385,11 @@ def field_docs(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, object]]
     return rows
 
 
-def _flatten(tree: dict, prefix: str = ""):
+def flatten(tree: dict, prefix: str = ""):
+    """(dotted key, leaf value) pairs of a nested dict."""
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten(value, f"{prefix}{key}.")
         else:
             yield prefix + str(key), value
 
@@ -374,7 +441,14 @@ def _coerce(hint, value, key: str, where: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise bad
+        try:  # YAML 1.1 reads 1e30 (no dot, no sign) as a string
+            return float(value) if isinstance(value, str) else _raise(bad)
+        except ValueError:
+            raise bad from None
     if hint is str:
         return "" if value is None else str(value)
     raise bad
+
+
+def _raise(error: Exception):
+    raise error

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from trainer.config import EMBEDDED_DATA_DIR, DataConfig, DataSource
-from trainer.tasks import Example, get_task, load_hub_split, load_split
+from trainer.config import DataConfig
+from trainer.tasks import Example
 
 
 @dataclass
@@ -31,21 +30,6 @@ class Encoded:
 
 def task_names(cfg: DataConfig) -> list[str]:
     return [name.strip() for name in cfg.task.split(",") if name.strip()]
-
-
-def load_examples(cfg: DataConfig, split: str) -> tuple[list[Example], list[int]]:
-    """Examples of every task in `cfg.task` (comma-separated for a mixture) and each one's task index."""
-    examples, task_ids = [], []
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else EMBEDDED_DATA_DIR
-    for i, name in enumerate(task_names(cfg)):
-        task = get_task(name)
-        if cfg.source == DataSource.HUB:
-            found = load_hub_split(task, split)
-        else:
-            found = load_split(task, data_dir, split)
-        examples += found
-        task_ids += [i] * len(found)
-    return examples, task_ids
 
 
 def encode(examples: list[Example], task_ids: list[int], tokenizer, max_source_length: int,

@@ -42,8 +42,11 @@ def init(timeout_minutes: float = 30.0) -> Dist:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
     accelerator = get_accelerator()
+    # Under mpirun DeepSpeed's MPI discovery sets MASTER_PORT to `distributed_port`, overwriting the
+    # environment, so a port chosen with `mpirun -x MASTER_PORT=...` must be passed through here.
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(),
-                               timeout=datetime.timedelta(minutes=timeout_minutes))
+                               timeout=datetime.timedelta(minutes=timeout_minutes),
+                               distributed_port=int(os.environ.get("MASTER_PORT") or 29500))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if accelerator.device_name() == "cpu":
         device = torch.device("cpu")
@@ -89,7 +92,7 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         p.grad = chunk.view_as(p).clone()
 
 
-def broadcast_params(params: list[torch.nn.Parameter], src: int = 0) -> None:
+def broadcast_params(params: list[torch.Tensor], src: int = 0) -> None:
     """Make every rank start from rank `src`'s values (guards against any init that drew different numbers)."""
     if dist.get_world_size() > 1:
         for p in params:
@@ -153,7 +156,19 @@ def shard_backbone(model: torch.nn.Module, ds_config: dict) -> torch.nn.Module:
 
     Returns the module to call. Call it directly, not through `engine.forward`: the engine's forward
     expects `engine.backward`, which needs an engine optimiser that this design does not have.
+
+    ZeRO stages 0-2 shard only gradients and optimiser state, and the frozen backbone has neither (the SMoP
+    parameters live outside the engine), so below stage 3 the backbone is simply replicated: moved to this
+    rank's device and made identical to rank 0's. DeepSpeed could not do it for us anyway: for stage 1/2
+    `deepspeed.initialize` without an optimiser asserts "zero stage N requires an optimizer" (0.19.x,
+    `engine._configure_zero_optimizer`).
     """
+    if not is_zero3(ds_config):
+        model.to(torch.device(get_accelerator().current_device_name()))
+        # What the engine's _broadcast_model would do: a random 'tiny' init or a stray local file must not
+        # leave ranks with different backbones.
+        broadcast_params(list(model.parameters()) + list(model.buffers()))
+        return model
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     _ENGINES.append(engine)  # keep the engine, which owns the gather/release hooks, alive for the process
     return engine.module
@@ -218,6 +233,11 @@ def gathered(params, modifier_rank: int | None = None):
 def numel(p: torch.nn.Parameter) -> int:
     """Full element count, also of a ZeRO-3 partitioned parameter (whose .numel() is 0 outside a gather)."""
     return p.ds_numel if hasattr(p, "ds_id") else p.numel()
+
+
+def local_numel(p: torch.nn.Parameter) -> int:
+    """Elements this rank stores: its ZeRO-3 partition, or the whole tensor."""
+    return p.ds_tensor.numel() if hasattr(p, "ds_id") else p.numel()
 
 
 def is_partitioned(p: torch.nn.Parameter) -> bool:

@@ -1,22 +1,20 @@
-"""The training loop and evaluation."""
+"""The training loop (evaluation lives in trainer/evaluation.py)."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from trainer import distributed
-from trainer.config import EvalMode, RunConfig
-from trainer.data import Encoded, TrainOrder, collate, eval_shards
+from trainer import checkpoint, distributed
+from trainer.config import RunConfig
+from trainer.data import Encoded, TrainOrder, collate
 from trainer.distributed import Dist
-from trainer.metrics import idx_key, score
+from trainer.evaluation import evaluate
+from trainer.guard import StepGuard
 from trainer.model import PromptedT5
 from trainer.monitor import Monitor, routing_summary
-from trainer.tasks import get_task
 
 
 @dataclass
@@ -40,17 +38,13 @@ class Run:
     """Full fine-tuning only: the DeepSpeed engine that owns the backbone's gradients and optimiser."""
     step: int = 0
     stats: dict = field(default_factory=dict)
-
-    @property
-    def label_words(self) -> tuple[str, ...] | None:
-        """The label words shared by every evaluated task (rank classification needs one set)."""
-        words = {get_task(name).label_words for name in self.task_names}
-        return words.pop() if len(words) == 1 else None
-
-    @property
-    def label_ids(self) -> list[torch.Tensor]:
-        eos = self.tokenizer.eos_token_id
-        return [torch.tensor(self.tokenizer(w, add_special_tokens=False).input_ids + [eos]) for w in self.label_words]
+    guard: StepGuard = field(default_factory=lambda: StepGuard(max_nonfinite=5))
+    """Per-step agreement on skipping non-finite updates and stopping on a signal (see trainer/guard.py)."""
+    eval_split: str = "val"
+    """Name of the split in eval_data ("val", or "dev" with data.splits=paper), for the eval events."""
+    test_data: Encoded | None = None
+    """Evaluated once after training (data.splits=paper); None otherwise."""
+    test_split: str = "test"
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -71,6 +65,8 @@ def train(run: Run) -> dict:
         maybe_check_replicas(run)
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
             last_eval = evaluate(run)
+        if maybe_save(run):
+            break
     bar.close()
     return evaluate(run) if run.step == cfg.max_steps else last_eval
 
@@ -86,6 +82,8 @@ def train_step(run: Run) -> None:
     # does not depend on how the batch is split over ranks and micro batches.
     tokens = distributed.all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).float().to(d.device))
     run.model.train()
+    run.stats["lr"] = run.scheduler.get_last_lr()[0]  # the rate this step uses, logged with its loss
+    step_loss, step_tokens = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
     for batch, positions in zip(batches, micro):
         batch = {key: value.to(d.device) for key, value in batch.items()}
         loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions].to(d.device))
@@ -94,13 +92,22 @@ def train_step(run: Run) -> None:
             distributed.engine_backward_step(run.engine, loss_sum / tokens + aux, len(micro) * d.world_size)
         else:
             (loss_sum / tokens + aux).backward()
-        run.stats["loss_sum"] += loss_sum.detach()
-        run.stats["tokens"] += n_tokens
+        step_loss += loss_sum.detach()
+        step_tokens += n_tokens
         run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
                                        accumulate=True)
-    if run.engine is not None:
+    if run.engine is not None:  # the engine has stepped; non-finite steps are its own loss scaler's business
+        run.stats["loss_sum"] += step_loss
+        run.stats["tokens"] += step_tokens
         return
     distributed.all_reduce_grads(run.params)
+    if not run.guard.update_allowed(step_loss, run.params, run.step + 1):
+        run.monitor.log({"event": "nonfinite", "step": run.step + 1, "skipped_total": run.guard.skipped})
+        run.scheduler.step()  # the learning rate stays a function of the step, skipped or not
+        run.optimizer.zero_grad(set_to_none=True)
+        return
+    run.stats["loss_sum"] += step_loss  # a skipped step stays out of the logged mean loss
+    run.stats["tokens"] += step_tokens
     if run.cfg.train.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
     run.optimizer.step()
@@ -108,9 +115,18 @@ def train_step(run: Run) -> None:
     run.optimizer.zero_grad(set_to_none=True)
 
 
+def maybe_save(run: Run) -> bool:
+    """Checkpoint every checkpoint.every steps, at the end, and when stopping; True: stop now."""
+    every, stop = run.cfg.checkpoint.every, run.guard.stop_requested
+    due = (every and run.step % every == 0 and not run.guard.streak) or run.step == run.cfg.train.max_steps
+    if due or stop:
+        checkpoint.save(run, "signal" if stop else "end" if run.step == run.cfg.train.max_steps else "periodic")
+    return stop
+
+
 def reset_stats(run: Run) -> None:
     device, k = run.dist.device, run.model.smop.num_prompts
-    run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device),
+    run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device), "lr": 0.0,
                  "counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device)}
 
 
@@ -121,8 +137,8 @@ def maybe_log(run: Run, bar, started: float) -> None:
     s = run.stats
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
     counts = distributed.all_reduce_sum(s["counts"].clone())
-    loss = float(totals[0] / totals[1].clamp(min=1))
-    event = {"event": "train", "step": run.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+    loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
+    event = {"event": "train", "step": run.step, "loss": loss, "lr": s["lr"],
              "elapsed_s": round(time.time() - started, 2), **routing_summary(counts.cpu(), run.task_names)}
     run.monitor.log(event)
     bar.set_postfix(loss=f"{loss:.4f}", balance=f"{event['routing_entropy']:.2f}")
@@ -141,52 +157,3 @@ def maybe_check_replicas(run: Run) -> None:
                      "partitioned": any(distributed.is_partitioned(p) for p in params)})
     if not identical:
         raise RuntimeError(f"step {run.step}: trainable parameters differ between ranks")
-
-
-def evaluate(run: Run) -> dict:
-    """Generate on the evaluation set sharded over ranks; every example is predicted exactly once."""
-    d, data, e = run.dist, run.eval_data, run.cfg.eval
-    run.model.train(False)
-    started, mine = time.time(), []
-    counts = torch.zeros(len(run.task_names), run.model.smop.num_prompts, dtype=torch.long)
-    for indices in eval_shards(len(data.examples), d.rank, d.world_size, e.batch_size):
-        batch = collate(data, indices or [0], run.tokenizer.pad_token_id)  # placeholder keeps ranks in step
-        batch = {key: value.to(d.device) for key, value in batch.items()}
-        texts, routing = predict(run, batch)
-        for i, text, prompt in zip(indices, texts, routing.index.tolist()):
-            mine.append((i, text, prompt))
-            counts[data.task_ids[i], prompt] += 1
-    predicted = [item for part in distributed.all_gather_objects(mine) for item in part]
-    counts = distributed.all_reduce_sum(counts.to(d.device)).cpu()
-    event = {"event": "eval", "step": run.step, "eval_s": round(time.time() - started, 2),
-             "num_examples": len(predicted)}
-    for t, name in enumerate(run.task_names):
-        rows = sorted((i, text, prompt) for i, text, prompt in predicted if data.task_ids[i] == t)
-        examples = [data.examples[i] for i, _, _ in rows]
-        predictions = {idx_key(data.examples[i].idx): text for i, text, _ in rows}
-        metrics = score(get_task(name), examples, predictions)
-        event.update({f"{name}/{key}": value for key, value in metrics.items()})
-        write_predictions(run, name, rows)
-    event.update(routing_summary(counts, run.task_names))
-    run.monitor.log(event)
-    return event
-
-
-def predict(run: Run, batch: dict) -> tuple[list[str], object]:
-    """Predicted texts of a batch: the best-scoring label word (eval.mode=rank) or a greedy generation."""
-    label_words = run.label_words
-    if run.cfg.eval.mode == EvalMode.RANK and label_words:
-        scores, routing = run.model.score_candidates(batch, run.label_ids)
-        return [label_words[i] for i in scores.argmax(-1).tolist()], routing
-    out, routing = run.model.generate(batch, run.cfg.eval.max_new_tokens, synced_gpus=run.dist.world_size > 1)
-    return [text.strip() for text in run.tokenizer.batch_decode(out, skip_special_tokens=True)], routing
-
-
-def write_predictions(run: Run, task: str, rows: list) -> None:
-    """predictions-<task>-<step>.jsonl in the scorer's format, plus the prompt each example was routed to."""
-    if not run.dist.is_main:
-        return
-    path = Path(run.cfg.output_dir) / f"predictions-{task}-{run.step}.jsonl"
-    with open(path, "w") as f:
-        for i, text, prompt in rows:
-            f.write(json.dumps({"idx": run.eval_data.examples[i].idx, "prediction": text, "prompt": prompt}) + "\n")

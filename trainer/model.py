@@ -83,6 +83,9 @@ class PromptedT5:
     def generate(self, batch: dict, max_new_tokens: int, synced_gpus: bool) -> tuple[torch.Tensor, Routing]:
         """Greedy decoding. `synced_gpus` keeps every ZeRO-3 rank stepping until all have finished."""
         embeds, mask, routing = self.encoder_inputs(batch["input_ids"], batch["attention_mask"])
+        # Pad is T5's decoder start token and never a target. A trained T5 never emits it; a random or barely
+        # trained one can, and then decodes to "" for every input. Forbidding it changes nothing for the former.
         out = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     do_sample=False, num_beams=1, synced_gpus=synced_gpus)
+                                     do_sample=False, num_beams=1, synced_gpus=synced_gpus,
+                                     suppress_tokens=[self.backbone.config.pad_token_id])
         return out, routing

@@ -264,7 +264,11 @@ def get_task(name: str) -> Task:
 def read_jsonl_lines(path) -> list[tuple[int, dict]]:
     """(line number, record) for each non-blank line of a jsonl file; one-line errors naming path:line."""
     records = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror}); check data.data_dir and data.task") from None
+    with f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -321,14 +325,29 @@ def load_split(task: Task, data_dir, split: str, train: bool | None = None) -> l
 
 def load_hub_split(task: Task, split: str, train: bool | None = None) -> list[Example]:
     """Examples of the Hugging Face `super_glue` dataset (needs the hub or its local cache)."""
+    return _expand(task, hub_records(task, split), split == "train" if train is None else train, split != "test")
+
+
+def hub_records(task: Task, split: str) -> list[tuple[str, dict]]:
+    """("super_glue/<config>/<split>:<row>", record) pairs of the Hugging Face dataset.
+
+    Any failure to fetch (no network, no cache, a renamed dataset) becomes one ValueError line: the
+    datasets library's own messages run to many lines of retries and tracebacks.
+    """
     if not task.hub_config:
         raise ValueError(f"task {task.name} has no Hugging Face super_glue config")
     _split_path(task, ".", split)  # validates the split name
     import datasets  # deferred: only this function needs it
 
-    rows = datasets.load_dataset("super_glue", task.hub_config, split=_HUB_SPLITS[split])
-    located = [(f"super_glue/{task.hub_config}/{split}:{i}", dict(row)) for i, row in enumerate(rows)]
-    return _expand(task, located, split == "train" if train is None else train, split != "test")
+    try:
+        rows = datasets.load_dataset("super_glue", task.hub_config, split=_HUB_SPLITS[split])
+    except Exception as e:  # noqa: BLE001 - any fetch failure is reported the same way, then stops the run
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"data.source=hub: cannot load super_glue/{task.hub_config} split "
+                         f"{_HUB_SPLITS[split]} ({type(e).__name__}: {reason}); use data.source=local with "
+                         f"data.data_dir=<official SuperGLUE folder>, or pre-fill the datasets cache and set "
+                         f"HF_DATASETS_OFFLINE=1") from None
+    return [(f"super_glue/{task.hub_config}/{split}:{i}", dict(row)) for i, row in enumerate(rows)]
 
 
 def _unit_key(task: Task, record: dict, position: int):
@@ -377,8 +396,13 @@ def paper_splits(task: Task, data_dir, fraction: float = 0.1) -> dict[str, list[
     the official val.jsonl (SuperGLUE's test labels are hidden). dev and test are expanded for
     evaluation (one ReCoRD Example per query), train for training.
     """
-    located = _located(task, _split_path(task, data_dir, "train"))
-    train, dev = _carve_positions(task, [r for _, r in located], fraction, [w for w, _ in located])
-    return {"train": _expand(task, [located[p] for p in train], True, True),
-            "dev": _expand(task, [located[p] for p in dev], False, True),
-            "test": _expand(task, _located(task, _split_path(task, data_dir, "val")), False, True)}
+    return split_paper(task, _located(task, _split_path(task, data_dir, "train")),
+                       _located(task, _split_path(task, data_dir, "val")), fraction)
+
+
+def split_paper(task: Task, train_located, val_located, fraction: float = 0.1) -> dict[str, list[Example]]:
+    """`paper_splits` from ("where", record) pairs of train and val, local or from the hub."""
+    train, dev = _carve_positions(task, [r for _, r in train_located], fraction, [w for w, _ in train_located])
+    return {"train": _expand(task, [train_located[p] for p in train], True, True),
+            "dev": _expand(task, [train_located[p] for p in dev], False, True),
+            "test": _expand(task, val_located, False, True)}

@@ -1,0 +1,31 @@
+"""Run a few real training steps and write each rank's own routing counts beside the logged ones.
+
+    torchrun --nproc_per_node 2 tests/probes/routing_counts.py OUT_DIR [overrides...]
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tqdm import tqdm  # noqa: E402
+
+from tests.launch import TINY  # noqa: E402
+from trainer import distributed  # noqa: E402
+from trainer.loop import maybe_log, reset_stats, train_step  # noqa: E402
+from trainer.main import build_run, read_inputs  # noqa: E402
+
+out = Path(sys.argv[1])
+inputs = read_inputs(None, TINY + [f"output_dir={out}", "train.log_every=3", *sys.argv[2:]])
+dist = distributed.init()
+run = build_run(inputs, dist)
+reset_stats(run)
+mine = []
+for _ in range(3):
+    train_step(run)
+    run.step += 1
+mine.append(run.stats["counts"].tolist())  # this rank's counts over the log window, before the all-reduce
+maybe_log(run, tqdm(disable=True), 0.0)
+(out / f"counts-rank{dist.rank}.json").write_text(json.dumps(mine[0]))
+run.monitor.close()
+distributed.destroy()

@@ -1,0 +1,127 @@
+"""Checkpoint files: what they hold, retention, the latest pointer, and falling back past damaged ones.
+
+One real run writes the checkpoints; the tests then read, damage and search copies of them.
+"""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.launch import events, run_trainer
+from trainer.checkpoint import CheckpointError, find_latest, locate, verify
+from trainer.config import load_config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """5 steps, a checkpoint every 2 and at the end, 2 kept: step-000004 and step-000005 remain."""
+    out = tmp_path_factory.mktemp("ckpt")
+    run_trainer(out, "train.max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")
+    return out
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(finished, target)
+    return target
+
+
+def test_retention_latest_and_no_leftovers(finished):
+    root = finished / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000004", "step-000005"]
+    assert (root / "latest").read_text() == "step-000005\n"
+    meta = verify(root / "step-000005")
+    assert meta["step"] == 5 and meta["reason"] == "end" and meta["world_size"] == 1
+    assert meta["global_batch"] == 4 and verify(root / "step-000004")["reason"] == "periodic"
+
+
+def test_holds_only_what_trains(finished):
+    """Prompts and router (not the backbone), optimiser, scheduler and RNG, all readable without pickle."""
+    path = finished / "checkpoints" / "step-000005"
+    params = load_file(path / "smop.safetensors")
+    assert set(params) == {"prompts", "router.proj.weight"}
+    assert params["prompts"].shape == (4, 5, 32) and params["prompts"].dtype == torch.float32
+    final = load_file(finished / "smop_final.safetensors")
+    assert all(torch.equal(params[k], final[k]) for k in params)
+    state = torch.load(path / "state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 5
+    assert {s["step"].item() for s in state["optimizer"]["state"].values()} == {5.0}
+    assert len(state["rng"]) == 1 and state["rng"][0].dtype == torch.uint8
+    assert sum(f.stat().st_size for f in path.iterdir()) < 100_000  # KBs, not a backbone
+
+
+def messages():
+    said = []
+    return said, said.append
+
+
+def test_truncated_latest_falls_back_saying_so(copy):
+    root = copy / "checkpoints"
+    state = root / "step-000005" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    said, say = messages()
+    found = find_latest(root, say)
+    assert found.path.name == "step-000004" and found.meta["step"] == 4
+    assert len(said) == 1 and "truncated" in said[0] and "falling back to step-000004" in said[0]
+
+
+def test_corrupt_bytes_same_size_fall_back(copy):
+    root = copy / "checkpoints"
+    weights = root / "step-000005" / "smop.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        verify(root / "step-000005")
+    said, say = messages()
+    assert find_latest(root, say).path.name == "step-000004" and "corrupt" in said[0]
+
+
+def test_unfinished_checkpoint_without_meta_is_skipped(copy):
+    root = copy / "checkpoints"
+    (root / "step-000005" / "meta.json").unlink()
+    said, say = messages()
+    assert find_latest(root, say).path.name == "step-000004" and "no meta.json" in said[0]
+
+
+def test_latest_pointer_missing_uses_newest_valid(copy):
+    root = copy / "checkpoints"
+    (root / "latest").unlink()
+    assert find_latest(root, print).path.name == "step-000005"
+
+
+def test_all_damaged_is_an_error_not_a_silent_restart(copy):
+    root = copy / "checkpoints"
+    for name in ("step-000004", "step-000005"):
+        (root / name / "state.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="no usable checkpoint; pass checkpoint.resume=fresh"):
+        find_latest(root, lambda _: None)
+
+
+def test_named_checkpoint_damaged_is_an_error(copy):
+    (copy / "checkpoints" / "step-000004" / "state.pt").write_bytes(b"x")
+    cfg = load_config(None, [f"output_dir={copy}", "checkpoint.resume=step-000004"])
+    with pytest.raises(CheckpointError, match="step-000004/state.pt: 1 bytes"):
+        locate(cfg)
+
+
+def test_rerun_resumes_past_a_damaged_latest(copy):
+    """The same command on a damaged latest: resumes from the one before, says so, finishes, exit 0."""
+    state = copy / "checkpoints" / "step-000005" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-10])
+    proc = run_trainer(copy, "train.max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")
+    assert "falling back to step-000004" in proc.stdout
+    assert "resuming from" in proc.stdout and "step-000004 at step 4" in proc.stdout
+    assert [e["step"] for e in events(copy, "resume")] == [4]
+    assert [e["step"] for e in events(copy, "train")] == [1, 2, 3, 4, 5]  # step 5 logged once, again
+    verify(copy / "checkpoints" / "step-000005")  # rewritten whole
+    assert json.loads((copy / "checkpoints" / "step-000005" / "meta.json").read_text())["step"] == 5
+
+
+def test_unreadable_latest_pointer_uses_newest_valid(copy):
+    (copy / "checkpoints" / "latest").write_bytes(b"\xff\xfe")
+    said, say = messages()
+    assert find_latest(copy / "checkpoints", say).path.name == "step-000005" and "unreadable" in said[0]

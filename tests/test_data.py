@@ -1,0 +1,67 @@
+"""Truncation, padding, the (seed, step) data order and evaluation shards."""
+import pytest
+import torch
+
+from trainer.data import TrainOrder, collate, encode, eval_shards
+from trainer.tasks import Example
+from trainer.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [f"word{i} and more words number {i % 7}" for i in range(200)]
+    return train_tokenizer(texts, vocab_size=120, whole_words=("yes", "no"))
+
+
+def test_truncation_keeps_eos_and_counts_prompt_positions(tokenizer):
+    long = Example(" ".join(f"word{i}" for i in range(100)), "yes", 0, 0)
+    short = Example("word1", "no", 1, 1)
+    data = encode([long, short], [0, 0], tokenizer, max_source_length=20, prompt_length=5, max_target_length=4)
+    assert len(data.input_ids[0]) == 20 - 5  # l prompt positions + input + </s> = max_source_length
+    assert data.input_ids[0][-1] == tokenizer.eos_token_id and data.input_ids[1][-1] == tokenizer.eos_token_id
+    assert data.truncated == 1
+    assert data.labels[0] == tokenizer("yes", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    assert len(data.labels[0]) == 2  # label words are single pieces in the embedded tokenizer
+
+
+def test_collate_pads_inputs_and_ignores_label_padding(tokenizer):
+    data = encode([Example("word1 word2 word3", "yes", 0, 0), Example("word4", "no", 1, 1)], [0, 1], tokenizer,
+                  64, 5, 8)
+    batch = collate(data, [0, 1], tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][1].sum() == len(data.input_ids[1])
+    assert (batch["input_ids"][1][batch["attention_mask"][1] == 0] == tokenizer.pad_token_id).all()
+    assert batch["task_ids"].tolist() == [0, 1]
+
+
+def test_order_is_a_function_of_seed_and_step_and_covers_each_epoch():
+    order = TrainOrder(10, 4, seed=3)
+    first = [order.global_indices(s) for s in range(5)]
+    assert [TrainOrder(10, 4, seed=3).global_indices(s) for s in (4, 0)] == [first[4], first[0]]
+    flat = [i for batch in first for i in batch]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]  # each epoch is reshuffled
+    assert TrainOrder(10, 4, seed=4).global_indices(0) != first[0]
+
+
+def test_micro_batches_split_the_global_batch_the_same_way_for_any_world_size():
+    one = TrainOrder(100, 8, 0).micro_batches(0, rank=0, world=1, micro=4)
+    two = [TrainOrder(100, 8, 0).micro_batches(0, rank=r, world=2, micro=4) for r in range(2)]
+    assert one == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert two == [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]
+    four = [TrainOrder(100, 16, 0).micro_batches(0, rank=r, world=2, micro=4) for r in range(2)]
+    assert sorted(i for rank in four for m in rank for i in m) == list(range(16))
+
+
+def test_noise_is_shared_by_all_ranks_and_differs_per_step():
+    order = TrainOrder(100, 8, 0)
+    assert torch.equal(order.noise(3, 4), TrainOrder(100, 8, 0).noise(3, 4))
+    assert not torch.equal(order.noise(3, 4), order.noise(4, 4))
+
+
+@pytest.mark.parametrize("n, world, batch", [(10, 2, 4), (7, 3, 2), (1, 2, 8), (16, 2, 8)])
+def test_eval_shards_predict_each_example_once_in_equal_numbers_of_batches(n, world, batch):
+    shards = [eval_shards(n, r, world, batch) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    seen = sorted(i for s in shards for b in s for i in b)
+    assert seen == list(range(n))

@@ -1,0 +1,86 @@
+"""The real entry point, end to end, in real processes."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from tests.launch import REPO, TINY, events, run_trainer
+from trainer.tokenizer import train_tokenizer
+
+
+def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
+    proc = run_trainer(tmp_path, "train.eval_every=2", nproc=2, launcher="deepspeed")
+    for name in ("config.yaml", "ds_config.json", "run_info.json", "metrics.jsonl", "smop_final.safetensors",
+                 "tokenizer/tokenizer_config.json", "predictions-rte-4.jsonl", "predictions-rte-2.jsonl"):
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    ds = json.loads((tmp_path / "ds_config.json").read_text())
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 1, 8)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["world_size"] == 2 and len(info["git_revision"] or "") == 40
+    train = events(tmp_path, "train")
+    assert [e["step"] for e in train] == [1, 2, 3, 4]
+    for e in train:
+        assert e["loss"] > 0 and e["lr"] > 0 and len(e["routing_fraction"]) == 4
+        assert sum(e["routing_fraction"]) == pytest.approx(1.0)
+        assert 0 <= e["routing_entropy"] <= 1
+    evals = events(tmp_path, "eval")
+    assert [e["step"] for e in evals] == [2, 4]
+    assert all(0 <= e["rte/accuracy"] <= 100 and e["num_examples"] == 16 for e in evals)
+    predictions = [json.loads(line) for line in (tmp_path / "predictions-rte-4.jsonl").read_text().splitlines()]
+    assert sorted(p["idx"] for p in predictions) == list(range(16))
+    assert {p["prediction"] for p in predictions} <= {"entailment", "not_entailment"}
+    assert "eval at step 4: rte/accuracy" in proc.stdout and "routing: fractions" in proc.stdout
+
+
+def test_logged_routing_counts_are_the_sum_of_every_rank(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
+           str(REPO / "tests/probes/routing_counts.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_rank = [torch.tensor(json.loads((tmp_path / f"counts-rank{r}.json").read_text())) for r in range(2)]
+    assert all(c.sum() == 3 * 4 for c in per_rank)  # each rank routed its own 3 steps x 4 examples
+    total = (per_rank[0] + per_rank[1]).sum(0).double()
+    logged = events(tmp_path, "train")[-1]["routing_fraction"]
+    torch.testing.assert_close(torch.tensor(logged, dtype=torch.float64), total / total.sum())
+
+
+def test_local_save_pretrained_backbone_and_tokenizer_dir(tmp_path):
+    """The path a cluster user takes with a downloaded checkpoint, exercised with a directory we write."""
+    tok = train_tokenizer([f"sentence {i} about cats and engines" for i in range(300)],
+                          whole_words=("entailment", "not_entailment"))
+    model_dir = tmp_path / "t5-local"
+    config = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                      feed_forward_proj="gated-gelu", decoder_start_token_id=0)
+    T5ForConditionalGeneration(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    proc = run_trainer(out, f"model.name_or_path={model_dir}", nproc=2)
+    assert "backbone " + str(model_dir) in proc.stdout
+    info = json.loads((out / "run_info.json").read_text())
+    total = sum(p.numel() for p in T5ForConditionalGeneration(config).parameters())
+    assert info["backbone_params"] == total
+    # ZeRO-3 loaded the checkpoint into partitions: rank 0 keeps about half (partitions are padded).
+    assert 0.45 * total < info["backbone_params_on_rank0"] < 0.55 * total
+    assert events(out, "eval")[-1]["num_examples"] == 16
+
+
+def test_missing_model_directory_is_a_one_line_error(tmp_path):
+    proc = run_trainer(tmp_path / "run", f"model.name_or_path={tmp_path}/nope", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: model.name_or_path: no such directory '{tmp_path}/nope'"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["prompt.init=vocab", "train.optimizer=adafactor"],
+    ["prompt.init=text", "prompt.init_text=The cat sleeps", "prompt.routing=gumbel", "prompt.balance_coef=0.01"],
+], ids=["vocab-adafactor", "text-gumbel-balance"])
+def test_inits_that_read_the_partitioned_embedding(tmp_path, overrides):
+    """Vocabulary and text inits gather the ZeRO-3 embedding on both ranks and start identical."""
+    run_trainer(tmp_path, *overrides, "train.check_replicas_every=1", "train.max_steps=2", nproc=2)
+    checks = events(tmp_path, "replica_check")
+    assert len(checks) == 2 and all(c["identical"] for c in checks)

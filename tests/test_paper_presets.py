@@ -1,0 +1,58 @@
+"""The paper presets: they load, say how to launch them, and hold the SMoP paper's setting.
+
+(tests/test_config.py already validates every preset under configs/; these check what the paper fixes.)
+"""
+import re
+import shlex
+
+import pytest
+
+from trainer.config import REPO_ROOT, EvalMode, Method, OptimizerName, Schedule, Splits, load_config
+from trainer.tasks import TASKS
+
+PRESETS = sorted((REPO_ROOT / "configs" / "paper").glob("*.yaml"))
+DS_CONFIGS = {"google/t5-large-lm-adapt": "ds_configs/t5_large_zero3_bf16.json",
+              "google/t5-xl-lm-adapt": "ds_configs/t5_xl_zero3_bf16.json"}
+
+
+def test_one_preset_per_model_and_method():
+    assert [p.name for p in PRESETS] == [f"{m}_{k}.yaml" for m in ("t5-large-lm-adapt", "t5-xl-lm-adapt")
+                                         for k in ("prompt_tuning", "smop")]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_launch_command_in_the_header_runs_this_preset(path):
+    words = shlex.split(path.read_text().splitlines()[0].removeprefix("#"))
+    assert words[:4] == ["deepspeed", "--num_gpus", "8", "trainer/main.py"]
+    assert words[4:6] == ["--config", str(path.relative_to(REPO_ROOT))]
+    cfg = load_config(str(path), words[6:])
+    assert cfg.data.task == "rte" and cfg.output_dir.endswith("/rte")
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_paper_setting(path):
+    cfg = load_config(str(path), [])
+    t, d, p = cfg.train, cfg.data, cfg.prompt
+    assert cfg.ds_config == DS_CONFIGS[cfg.model.name_or_path]
+    assert (REPO_ROOT / cfg.ds_config).is_file()
+    assert (t.optimizer, t.lr, t.warmup_ratio, t.schedule, t.global_batch_size, t.weight_decay) == \
+           (OptimizerName.ADAFACTOR, 0.3, 0.06, Schedule.LINEAR, 32, 1e-5)
+    assert 32 % t.micro_batch_size == 0
+    assert (d.splits, d.dev_fraction, d.max_source_length) == (Splits.PAPER, 0.1, 512)
+    assert cfg.eval.mode == EvalMode.GENERATE
+    if p.method == Method.SMOP:
+        assert (p.num_prompts, p.prompt_length) == (4, 5)
+    else:
+        assert p.num_prompts == 1
+        for length in (5, 20, 50, 100):  # the paper's prompt-tuning grid
+            assert load_config(str(path), [f"prompt.prompt_length={length}"]).prompt.prompt_length == length
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_step_table_covers_every_superglue_task(path):
+    table = next(line for line in path.read_text().splitlines() if "boolq" in line and "|" in line)
+    steps = dict(re.findall(r"(\w+) (\d+)", table))
+    assert sorted(steps) == sorted(name for name in TASKS if name != "jsonl")
+    for task, n in steps.items():
+        cfg = load_config(str(path), [f"data.task={task}", f"train.max_steps={n}"])
+        assert cfg.train.max_steps == int(n) and int(cfg.train.warmup_ratio * cfg.train.max_steps) >= 1

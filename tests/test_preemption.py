@@ -1,0 +1,100 @@
+"""Pre-emption and failures with real processes: signals, a killed or hung rank, non-finite losses."""
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from tests.launch import events, run_trainer, start_trainer, wait_for_step, worker_pids
+from trainer.checkpoint import verify
+from trainer.guard import EXIT_NONFINITE, EXIT_REQUEUE
+
+LONG = ["train.max_steps=20", "checkpoint.every=5"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted 2-rank run (dropout on: the per-rank RNG is part of what resume restores)."""
+    out = tmp_path_factory.mktemp("ref")
+    run_trainer(out, *LONG, nproc=2)
+    return out
+
+
+def stopped_steps(stderr: str) -> dict[int, int]:
+    return {int(r): int(s) for r, s in re.findall(r"rank (\d): stopped after step (\d+) by", stderr)}
+
+
+@pytest.mark.parametrize("who, sig", [("one", signal.SIGUSR1), ("all", signal.SIGTERM)])
+def test_signal_stops_every_rank_at_one_step_then_resume_matches(tmp_path, reference, who, sig):
+    out = tmp_path / "run"
+    proc = start_trainer(out, *LONG, nproc=2)
+    wait_for_step(out, 2, proc)
+    pids = worker_pids(proc.pid)
+    for rank in ([1] if who == "one" else [0, 1]):
+        os.kill(pids[rank], sig)
+    _, stderr = proc.communicate(timeout=240)
+    steps = stopped_steps(stderr)
+    assert set(steps) == {0, 1} and len(set(steps.values())) == 1, stderr[-3000:]  # same step on both ranks
+    step = steps[0]
+    assert f"exitcode  : {EXIT_REQUEUE}" in stderr and step < 20
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    meta = verify(out / "checkpoints" / latest)
+    assert meta["step"] == step and meta["reason"] == "signal"
+    run_trainer(out, *LONG, nproc=2)  # the same command resumes
+    ref = {e["step"]: e["loss"] for e in events(reference, "train")}
+    got = {e["step"]: e["loss"] for e in events(out, "train")}
+    assert sorted(got) == list(range(1, 21))
+    delta = max(abs(ref[s] - got[s]) for s in ref)
+    print(f"\nsignal {sig.name} to {who} rank(s) at step {step}, resumed: max |dloss| = {delta:.3g}")
+    assert delta <= 1e-6
+
+
+def test_single_process_exit_code_is_requeue(tmp_path):
+    out = tmp_path / "run"
+    proc = start_trainer(out, "train.max_steps=200", "checkpoint.every=0")
+    wait_for_step(out, 2, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_REQUEUE, stderr[-2000:]
+    assert "stopped after step" in stderr and "by signal SIGUSR1" in stderr
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == [f"step-{stopped_steps(stderr)[0]:06d}"]
+
+
+@pytest.mark.parametrize("sig, timeout", [(signal.SIGKILL, 60), (signal.SIGSTOP, 15)])
+def test_dead_or_hung_rank_ends_the_job(tmp_path, sig, timeout):
+    """kill -9: torchrun sees the death and the survivor's collective fails at once. SIGSTOP (a hung rank):
+    the survivor's collective times out after collective_timeout_s, then torchrun tears the rest down."""
+    out = tmp_path / "run"
+    proc = start_trainer(out, "train.max_steps=100000", f"collective_timeout_s={timeout}", nproc=2)
+    wait_for_step(out, 2, proc)
+    victim = worker_pids(proc.pid)[1]
+    started = time.time()
+    os.kill(victim, sig)
+    try:
+        proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    elapsed = time.time() - started
+    print(f"\n{sig.name} to rank 1: job ended with exit {proc.returncode} after {elapsed:.1f} s")
+    assert proc.returncode != 0 and elapsed <= 120
+
+
+def test_nonfinite_steps_skipped_then_stop_with_last_good_checkpoint_intact(tmp_path):
+    """lr 1e30: step 2's update overflows the prompts, so steps 3, 4, 5 are non-finite and skipped."""
+    out = tmp_path / "run"
+    proc = run_trainer(out, "train.lr=1e30", "train.warmup_ratio=0", "train.max_grad_norm=0", "train.max_steps=8",
+                       "checkpoint.every=1", "train.max_nonfinite=3", check=False)
+    assert proc.returncode == EXIT_NONFINITE, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "step 5: loss or gradient not finite for 3 steps in a row" in errors[0]
+    assert [e["step"] for e in events(out, "nonfinite")] == [3, 4]  # the 3rd in a row stops the run instead
+    train = {e["step"]: e["loss"] for e in events(out, "train")}
+    assert all(train[s] < 100 for s in (1, 2)) and all(train[s] != train[s] for s in (3, 4))  # NaN: no tokens
+    root = out / "checkpoints"
+    assert (root / "latest").read_text() == "step-000002\n"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-000001", "step-000002"]
+    assert verify(root / "step-000002")["step"] == 2
+    assert json.loads((root / "step-000002" / "meta.json").read_text())["nonfinite_skipped"] == 0

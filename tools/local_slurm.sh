@@ -1,0 +1,355 @@
+#!/usr/bin/env bash
+# tools/local_slurm.sh -- a throwaway one-node Slurm cluster on this machine,
+# for tests and CI (Debian 12 "bookworm", Slurm 22.05, run as root).
+#
+# Usage:
+#   tools/local_slurm.sh install  # apt-get the packages (idempotent, quiet)
+#   tools/local_slurm.sh start    # write slurm.conf, start munged + slurmctld + slurmd,
+#                                 # wait until the node is idle in partition "debug"
+#   tools/local_slurm.sh status   # sinfo + squeue
+#   tools/local_slurm.sh stop     # scancel everything, stop the daemons, remove the
+#                                 # state dir (idempotent, works after a half-failed start)
+#
+# Environment:
+#   SLURM_LOCAL_DIR   state, spool, pid and log files (default /tmp/local-slurm);
+#                     `stop` deletes it.
+#   LOCAL_SLURM_WAIT  seconds `start` waits for the node to become idle (default 60).
+#   LOCAL_SLURM_CPUS  advertise this many CPUs instead of the real count (lets a
+#                     2-core box run e.g. `srun -n 4`; uses SlurmdParameters=config_overrides).
+#
+# After `start`, plain sbatch/srun/squeue/scontrol work (the config is written to
+# /etc/slurm/slurm.conf, Debian's compiled-in location). Logs: $SLURM_LOCAL_DIR/log/.
+# There is no accounting database: use `scontrol show job` / `squeue`, not sacct.
+# One cluster per machine (fixed ports 6817/6818, one /etc/slurm/slurm.conf);
+# use the same SLURM_LOCAL_DIR for start and stop. `start` reuses a running
+# cluster; tests/test_local_slurm.py always stops it at the end.
+# Finished jobs stay visible in `scontrol show job` for MinJobAge=300 s.
+#
+# Pitfalls found on a container/microVM without systemd (see notes inline):
+#   * Debian's policy-rc.d / no systemd: the packages install but start nothing,
+#     so munged, slurmctld and slurmd are started here by hand.
+#   * munged must run as user "munge" and owns /etc/munge/munge.key (0400) and
+#     /run/munge (0755, lost on reboot since /run is tmpfs); it is created here.
+#   * cgroup plugins are not usable in a container: proctrack/linuxproc,
+#     task/none, jobacct_gather/none. Nothing may reference cgroup.conf.
+#   * SlurmUser=root and SlurmdUser=root so the daemons can write the state dir.
+#   * slurmd needs no --conf-server because slurm.conf is on local disk (only a
+#     "configless" setup needs it); it gets -N <node> so a hostname mismatch
+#     cannot make it look for the wrong NodeName.
+#   * NodeAddr/SlurmctldHost use 127.0.0.1 so nothing depends on DNS.
+#   * PropagateResourceLimits=NONE: copying the submitter's rlimits into a job
+#     can fail in a sandbox (e.g. RLIMIT_MEMLOCK), which only spams the logs.
+#   * PID 1 of the sandbox reaps orphans slowly, so a daemon that exited stays
+#     a zombie for a while and `kill -0` still succeeds: `stop` checks
+#     /proc/PID/status for state Z instead (else stop took ~6 s, now ~1 s).
+#   * A requeued job waits cred_expire (default 120 s) + one scheduler pass
+#     (sched_interval, default 60 s) before it runs again: ~150 s measured with
+#     defaults. AuthInfo=cred_expire=5 and sched_interval=2 bring it to ~6-7 s.
+#
+# Pre-emption / requeue, as measured on a 2-core Debian 12 VM (Slurm 22.05.8):
+#   * `#SBATCH --signal=B:USR1@N --time=M` reaches the batch shell N s before the
+#     limit, but slurmctld checks time limits only every ~30 s: with --time=1
+#     and @55 the signal came after 18-27 s instead of 5 s. Fine for one slow
+#     end-to-end test, too coarse for many.
+#   * Fast path: `scancel --signal=USR1 --batch JOBID` reaches the batch shell
+#     in <0.1 s. `scontrol requeue JOBID` (from the job's own USR1 trap or from
+#     outside) sends SIGTERM to the batch shell at once, puts the job back to
+#     PENDING, and it reruns with SLURM_RESTART_COUNT=1 ~6-7 s later (output is
+#     appended with --open-mode=append). `sbatch --wait` keeps waiting across
+#     the requeue and returns the exit code of the final run.
+#   * In bash, a trap runs only after the foreground command ends: wait with
+#     `sleep 1 & wait $!` (or run the payload in the background and `wait`).
+#
+# Measured: install 16 s (4 packages + deps, downloaded, openmpi already
+# present); start 0.1-0.4 s to an idle node; a trivial `sbatch --wait` 2.0 s
+# round trip (sbatch polls); srun -n 2 0.2 s; stop ~1-1.5 s.
+set -euo pipefail
+
+SLURM_LOCAL_DIR="${SLURM_LOCAL_DIR:-/tmp/local-slurm}"
+LOCAL_SLURM_WAIT="${LOCAL_SLURM_WAIT:-60}"
+CONF=/etc/slurm/slurm.conf
+MARKER="# managed by tools/local_slurm.sh"
+CLUSTER=localslurm
+# Every daemon we start carries this variable in its environment, so `stop`
+# can find exactly our processes (and slurmstepd children) in /proc.
+TAG="LOCAL_SLURM_TAG=${SLURM_LOCAL_DIR}"
+
+log() { echo "local_slurm: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
+
+# ---------------------------------------------------------------- install ---
+PKGS=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev)
+# slurm-wlm is only a metapackage for slurmctld + slurmd + slurm-client; naming
+# the three keeps the list explicit. slurm-wlm-basic-plugins comes as a dep.
+
+cmd_install() {
+    need_root
+    local missing=() p t0
+    t0=$(date +%s)
+    for p in "${PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "local_slurm install: all present ($(slurmctld -V 2>/dev/null || echo slurm?))"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # Update the package lists only if apt cannot see a candidate for a package.
+    if ! apt-cache policy "${missing[@]}" 2>/dev/null | grep -q "Candidate: [0-9]"; then
+        apt-get update -qq >/dev/null 2>&1 || die "apt-get update failed"
+    fi
+    # Quiet: the apt/dpkg chatter goes to a temp file, shown only on failure.
+    local out
+    out=$(mktemp)
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$out" 2>&1; then
+        cat "$out" >&2; rm -f "$out"; die "apt-get install failed"
+    fi
+    rm -f "$out"
+    echo "local_slurm install: installed ${missing[*]} in $(( $(date +%s) - t0 )) s ($(slurmctld -V))"
+}
+
+# ------------------------------------------------------------------ start ---
+node_name() { hostname -s; }
+
+# `slurmd -C` prints the NodeName line for this machine (CPUs, Boards, Sockets,
+# Cores, Threads, RealMemory). We keep its hardware fields, set our own name.
+hw_line() {
+    local line
+    line=$(slurmd -C 2>/dev/null | grep '^NodeName=' | head -n1) \
+        || die "slurmd -C failed (is slurmd installed? run: tools/local_slurm.sh install)"
+    line=${line#NodeName=* }            # drop "NodeName=xxx "
+    if [[ -n "${LOCAL_SLURM_CPUS:-}" ]]; then
+        # Override the topology so that CPUs= is the only CPU count Slurm sees.
+        line=$(sed -E 's/(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=[0-9]+ ?//g' <<<"$line")
+        line="CPUs=${LOCAL_SLURM_CPUS} ${line}"
+    fi
+    echo "$line"
+}
+
+write_conf() {
+    local node=$1 hw d=$SLURM_LOCAL_DIR
+    hw=$(hw_line)
+    if [[ -e $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
+        die "$CONF exists and was not written by this script; refusing to overwrite it"
+    fi
+    mkdir -p /etc/slurm
+    cat >"$CONF" <<EOF
+$MARKER (SLURM_LOCAL_DIR=$d); \`local_slurm.sh stop\` removes it.
+ClusterName=$CLUSTER
+SlurmctldHost=$node(127.0.0.1)
+# Daemons run as root in a sandbox; no slurm user/dirs to set up.
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+SlurmctldPort=6817
+SlurmdPort=6818
+StateSaveLocation=$d/state
+SlurmdSpoolDir=$d/spool
+SlurmctldPidFile=$d/run/slurmctld.pid
+SlurmdPidFile=$d/run/slurmd.pid
+SlurmctldLogFile=$d/log/slurmctld.log
+SlurmdLogFile=$d/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# No cgroups in a container.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+PropagateResourceLimits=NONE
+# No accounting database (no slurmdbd): sacct does not work, scontrol does.
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+# A requeued job may start again only after the credential lifetime
+# (cred_expire, default 120 s) + the next scheduler pass (sched_interval,
+# default 60 s). Short values make a requeue round trip take seconds, not minutes.
+AuthInfo=cred_expire=5
+SchedulerParameters=sched_interval=2,bf_interval=2
+MailProg=/bin/true
+MpiDefault=none
+ReturnToService=2
+# Jobs may be requeued (scontrol requeue, --requeue, pre-emption tests).
+JobRequeue=1
+SlurmctldTimeout=10
+SlurmdTimeout=10
+MessageTimeout=10
+InactiveLimit=0
+KillWait=5
+MinJobAge=300
+# Use the CPU count written below even where slurmd sees fewer (LOCAL_SLURM_CPUS).
+SlurmdParameters=config_overrides
+NodeName=$node NodeAddr=127.0.0.1 $hw State=UNKNOWN
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+start_munge() {
+    if munge_ok; then
+        log "munged already running; using it"
+        return 0
+    fi
+    # The key: Debian's postinst normally creates it; make one if it is missing.
+    mkdir -p /etc/munge
+    if [[ ! -s /etc/munge/munge.key ]]; then
+        if command -v mungekey >/dev/null; then
+            mungekey --create --keyfile=/etc/munge/munge.key >/dev/null
+        else
+            dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+        fi
+    fi
+    # munged refuses a key or dirs that are group/world accessible or owned by
+    # another user; /run/munge is on tmpfs and vanishes at reboot.
+    chown munge:munge /etc/munge /etc/munge/munge.key
+    chmod 0700 /etc/munge
+    chmod 0400 /etc/munge/munge.key
+    install -d -o munge -g munge -m 0755 /run/munge
+    install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+    env "$TAG" runuser -u munge -- /usr/sbin/munged
+    touch "$SLURM_LOCAL_DIR/run/we-started-munged"
+    local i
+    for i in $(seq 50); do munge_ok && return 0; sleep 0.1; done
+    die "munged did not come up (see /var/log/munge/munged.log)"
+}
+
+node_state() { sinfo -h -n "$1" -o '%t' 2>/dev/null | head -n1; }
+
+dump_logs() {
+    local f
+    for f in "$SLURM_LOCAL_DIR"/log/*.log; do
+        [[ -f $f ]] || continue
+        log "---- tail $f"
+        tail -n 20 "$f" >&2
+    done
+}
+
+cmd_start() {
+    need_root
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+        && command -v munged >/dev/null \
+        || die "Slurm/munge not installed; run: tools/local_slurm.sh install"
+    local node t0 st i
+    node=$(node_name)
+    t0=$EPOCHREALTIME
+    # Already up (same SLURM_LOCAL_DIR)? Then only wait for the node below;
+    # the config is not rewritten (run stop + start to apply changes).
+    if [[ -f $SLURM_LOCAL_DIR/run/slurmctld.pid && -f $SLURM_LOCAL_DIR/run/slurmd.pid ]] \
+        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmctld.pid")" \
+        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmd.pid")"; then
+        log "already running (SLURM_LOCAL_DIR=$SLURM_LOCAL_DIR); reusing it"
+    else
+        # Clean up anything a half-failed earlier start left behind.
+        [[ -d $SLURM_LOCAL_DIR ]] && cmd_stop >/dev/null
+        mkdir -p "$SLURM_LOCAL_DIR"/{state,spool,run,log}
+        write_conf "$node"
+        start_munge
+        # Both daemonize; -c -i: start from clean state (the dir is fresh anyway).
+        env "$TAG" slurmctld -c -i || { dump_logs; die "slurmctld failed to start"; }
+        env "$TAG" slurmd -N "$node" || { dump_logs; die "slurmd failed to start"; }
+    fi
+    # Wait (bounded) for the node to be idle; resume it if it registered down/drained.
+    for ((i = 0; i < LOCAL_SLURM_WAIT * 4; i++)); do
+        st=$(node_state "$node" || true)
+        case "$st" in
+            idle|mix|alloc|comp) break ;;   # up (mix/alloc: a reused cluster has jobs)
+            down*|drain*|drng*|inval*|fail*)
+                scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+        esac
+        sleep 0.25
+    done
+    if [[ ! "$st" =~ ^(idle|mix|alloc|comp)$ ]]; then
+        dump_logs
+        die "node $node not idle after ${LOCAL_SLURM_WAIT}s (state '${st:-none}')"
+    fi
+    printf 'local_slurm start: node %s up in partition debug after %.1f s (%s)\n' \
+        "$node" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{print b-a}')" "$(hw_line)"
+}
+
+# ------------------------------------------------------------------- stop ---
+# PIDs of processes carrying our tag or belonging to jobs of our cluster.
+tagged_pids() {
+    local p e
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [[ $p == "$$" || $p == "$BASHPID" || $p == "$PPID" ]] && continue
+        e=$(tr '\0' '\n' 2>/dev/null <"/proc/$p/environ") || continue
+        if grep -qxF "$TAG" <<<"$e" || grep -qx "SLURM_CLUSTER_NAME=$CLUSTER" <<<"$e"; then
+            echo "$p"
+        fi
+    done
+}
+
+# A process counts as gone once it is a zombie: in a container PID 1 may be
+# slow to reap (or never reap) orphaned daemons, and `kill -0` succeeds on zombies.
+alive() {
+    [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+kill_pidfile() {   # kill_pidfile FILE: SIGTERM, wait up to 10 s, then SIGKILL
+    local f=$1 pid i
+    [[ -f $f ]] || return 0
+    pid=$(cat "$f" 2>/dev/null || true)
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 100); do alive "$pid" || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cmd_stop() {
+    need_root
+    local d=$SLURM_LOCAL_DIR ids i left
+    # 1. Cancel all jobs while the controller is still up (bounded).
+    if [[ -f $d/run/slurmctld.pid ]] && alive "$(cat "$d/run/slurmctld.pid" 2>/dev/null)"; then
+        ids=$(timeout 15 squeue -h -o '%i' 2>/dev/null || true)
+        if [[ -n $ids ]]; then
+            timeout 15 scancel $ids 2>/dev/null || true
+            for i in $(seq 40); do
+                [[ -z $(timeout 5 squeue -h -o '%i' 2>/dev/null || true) ]] && break
+                sleep 0.25
+            done
+        fi
+    fi
+    # 2. Stop the daemons: slurmd first, then slurmctld, then munged (only if we started it).
+    kill_pidfile "$d/run/slurmd.pid"
+    kill_pidfile "$d/run/slurmctld.pid"
+    if [[ -f $d/run/we-started-munged ]]; then
+        kill_pidfile /run/munge/munged.pid
+    fi
+    # 3. Leftovers: anything still carrying our tag (slurmstepd, a daemon whose
+    #    pid file never got written) or running a job of this cluster.
+    left=$(tagged_pids)
+    if [[ -n $left ]]; then
+        kill -TERM $left 2>/dev/null || true
+        sleep 1
+        left=$(tagged_pids)
+        [[ -n $left ]] && kill -KILL $left 2>/dev/null || true
+    fi
+    # 4. Remove our config and state.
+    if [[ -f $CONF ]] && grep -qF "$MARKER" "$CONF"; then rm -f "$CONF"; fi
+    rm -rf "$d"
+    echo "local_slurm stop: stopped; removed $d"
+}
+
+# ----------------------------------------------------------------- status ---
+cmd_status() {
+    if [[ ! -f $CONF ]]; then
+        echo "local_slurm status: not running (no $CONF)"
+        return 1
+    fi
+    timeout 15 sinfo || return 1
+    timeout 15 squeue
+}
+
+case "${1:-}" in
+    install) cmd_install ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
