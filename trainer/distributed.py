@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import deepspeed
@@ -121,8 +122,13 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    """Leave the process group, and MPI when mpirun started us: main exits without interpreter teardown,
+    so mpi4py's own atexit finalisation would not run and mpirun would report an improper exit."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
 
 
 # --- ZeRO-3 -------------------------------------------------------------------------------------------
