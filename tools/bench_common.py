@@ -125,39 +125,38 @@ def matmul_peak_flops(device: torch.device, n: int = 8192, iters: int = 200) -> 
     return 2 * n**3 * iters / (time.perf_counter() - started)
 
 
-# --- FLOPs: filled from trainer.flops --------------------------------------------------------------------
-# >>> FLOPS HOOK (for the lead): `trainer/flops.py` is written on another branch and is NOT on this one.
-# When it is merged, make these two functions call it (analytic counts from the T5Config and the sequence
-# lengths; the DeepSpeed flops profiler is wrong for a frozen ZeRO-3 backbone). Until then they return None,
-# the table prints "n/a", the JSON holds null with `flops_source`, and MFU stays null. Do not fill in guesses.
+# --- FLOPs: analytic, from trainer.flops ----------------------------------------------------------------
+# Counted from the T5Config and the sequence lengths: the DeepSpeed flops profiler is wrong for a frozen
+# ZeRO-3 backbone (it assumes backward = 2x forward and counts partitioned weights as 0).
+
+def _method_flops(t5_config, method: str, num_prompts: int, prompt_length: int, seq_len: int, target_len: int):
+    from trainer.flops import T5Shape, method_flops
+
+    try:
+        return float(method_flops(method, T5Shape.from_config(t5_config), seq_len, target_len,
+                                  num_prompts or 1, prompt_length or 0))
+    except ValueError:  # an arm whose method trainer.flops does not know
+        return None
+
 
 def inference_flops_per_example(t5_config, method: str, num_prompts: int, prompt_length: int,
                                 seq_len: int, target_len: int, gen_tokens: int) -> float | None:
-    """Inference FLOPs of one example (the forward the latency figure times), from trainer.flops."""
-    try:
-        import trainer.flops  # noqa: F401
-    except ImportError:
-        return None
-    return None  # TODO(lead): return trainer.flops.<inference count>(t5_config, ...) once its API is merged
+    """Inference FLOPs of one example: the encoder over prompt + input, the decoder over gen_tokens."""
+    return _method_flops(t5_config, method, num_prompts, prompt_length, seq_len, gen_tokens)
 
 
 def train_flops_per_example(t5_config, method: str, num_prompts: int, prompt_length: int,
                             seq_len: int, target_len: int) -> float | None:
-    """Model FLOPs of one training example (forward + backward through a frozen backbone), for MFU."""
-    try:
-        import trainer.flops  # noqa: F401
-    except ImportError:
+    """Model FLOPs of one training example, for MFU. Backward through a frozen backbone computes activation
+    gradients only (one matmul per forward matmul): 2x forward; full fine-tuning adds weight gradients: 3x."""
+    forward = _method_flops(t5_config, method, num_prompts, prompt_length, seq_len, target_len)
+    if forward is None:
         return None
-    return None  # TODO(lead): return trainer.flops.<training count>(t5_config, ...) once its API is merged
+    return forward * (3 if method == "full_finetune" else 2)
 
 
 def flops_source() -> str:
-    try:
-        import trainer.flops  # noqa: F401
-        return "trainer.flops present but not wired into tools/bench_common.py (see FLOPS HOOK)"
-    except ImportError:
-        return "trainer.flops not on this branch"
-# <<< FLOPS HOOK
+    return "analytic: trainer.flops.method_flops (2 x MACs of every matmul)"
 
 
 # --- results ---------------------------------------------------------------------------------------------
