@@ -84,3 +84,14 @@ def test_inits_that_read_the_partitioned_embedding(tmp_path, overrides):
     run_trainer(tmp_path, *overrides, "train.check_replicas_every=1", "train.max_steps=2", nproc=2)
     checks = events(tmp_path, "replica_check")
     assert len(checks) == 2 and all(c["identical"] for c in checks)
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path):
+    """Recomputing blocks in backward changes memory and time, not the numbers (fp32, dropout off)."""
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    run_trainer(plain, "model.dropout=0", "train.max_steps=3", nproc=2)
+    run_trainer(ckpt, "model.dropout=0", "train.max_steps=3", "train.activation_checkpointing=true", nproc=2)
+    losses = [[e["loss"] for e in events(out, "train")] for out in (plain, ckpt)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and len(losses[0]) == 3
+    flags = [json.loads((out / "run_info.json").read_text())["activation_checkpointing"] for out in (plain, ckpt)]
+    assert flags == [False, True]

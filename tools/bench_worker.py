@@ -41,11 +41,6 @@ def main(spec: dict) -> None:
     inputs = read_inputs(None, trainer_overrides(spec, size))
     dist = distributed.init()
     run = build_run(inputs, dist)
-    if spec.get("activation_checkpointing"):
-        # What a `train.activation_checkpointing` option would do (docs/benchmarks.md): recompute each T5
-        # block in backward instead of keeping its activations. Non-reentrant, so the frozen weights need
-        # no grad; under ZeRO-3 the recompute gathers the block's weights again.
-        run.model.backbone.activation_checkpointing_enable({"use_reentrant": False})
     if spec.get("eager_attention"):
         # transformers runs T5 attention through SDPA by default (exact: tests/test_backbone.py); eager is the
         # before-figure of that speed item.
@@ -119,7 +114,9 @@ def trainer_overrides(spec: dict, size: Size) -> list[str]:
         "train.grad_accum_steps=1", f"train.max_steps={big}", f"train.log_every={big}", "train.eval_every=0",
         f"ds_config={spec['ds_config']}", f"output_dir={spec['out_dir']}", "overwrite=true",
         f"data.max_source_length={size.seq_len + spec['prompt_length'] + 1}",
-        f"data.max_target_length={size.target_len}", *spec.get("overrides", [])]
+        f"data.max_target_length={size.target_len}",
+        f"train.activation_checkpointing={str(bool(spec.get('activation_checkpointing'))).lower()}",
+        *spec.get("overrides", [])]
 
 
 def bare_step(run, batch: dict, tdist, marks: list | None) -> None:

@@ -208,6 +208,9 @@ class TrainConfig:
     """Steps between train log events (loss, lr, routing fractions)."""
     eval_every: int = 100
     """Steps between evaluations; 0: only at the end."""
+    activation_checkpointing: bool = False
+    """Recompute each backbone block in backward instead of keeping its activations: less memory, more
+    compute (and under ZeRO-3 one more gather per block). See docs/benchmarks.md for the trade-off."""
     check_replicas_every: int = 0
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
     max_nonfinite: int = 5

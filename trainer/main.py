@@ -155,6 +155,9 @@ def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
     when the backbone itself trains). Returns (backbone, prompt slot, optimizer, scheduler, engine | None)."""
     p, t = cfg.prompt, cfg.train
     model = build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config))
+    if t.activation_checkpointing:
+        # Non-reentrant: the backbone is frozen, and only the activations (the prompts' path) need gradients.
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if p.method == Method.FULL_FINETUNE:
         engine = distributed.shard_trainable_backbone(model, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
                                                       lambda optimizer: build_scheduler(optimizer, t))
@@ -236,6 +239,7 @@ def write_run_files(run: Run, ds_config: dict) -> None:
     backbone = list(run.model.backbone.parameters())
     info = {"git_revision": _git_revision(), "world_size": world_size, "command": sys.argv,
             "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
+            "activation_checkpointing": bool(getattr(run.model.backbone, "is_gradient_checkpointing", False)),
             "backbone_params": sum(distributed.numel(p) for p in backbone),
             "backbone_params_on_rank0": sum(distributed.local_numel(p) for p in backbone),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "torch": torch.__version__,
