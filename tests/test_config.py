@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from trainer.config import REPO_ROOT, Routing, field_docs, load_config
+from tools.config_docs import field_docs
+from trainer.config import REPO_ROOT, Routing, load_config
 from trainer.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
 
 

@@ -11,7 +11,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from trainer.config import field_docs  # noqa: E402
+import ast  # noqa: E402
+import dataclasses  # noqa: E402
+import inspect  # noqa: E402
+
+from trainer.config import RunConfig, dataclass_type  # noqa: E402
+
+
+def field_docs(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, object]]:
+    """(dotted key, docstring, default) for every leaf field: the README's flag table is generated from this."""
+    docs, tree = {}, ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = nxt.value.value
+    rows = []
+    for f in dataclasses.fields(cls):
+        sub = dataclass_type(cls, f.name)
+        if sub is not None:
+            rows += field_docs(sub, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, docs.get(f.name, ""), getattr(default, "value", default)))
+    return rows
+
 
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -367,27 +367,6 @@ def to_dict(cfg) -> dict:
     return out
 
 
-def field_docs(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, object]]:
-    """(dotted key, docstring, default) for every leaf field: the README's flag table is generated from this."""
-    import ast
-    import inspect
-
-    docs, tree = {}, ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = nxt.value.value
-    rows = []
-    for f in dataclasses.fields(cls):
-        sub = _dataclass_type(cls, f.name)
-        if sub is not None:
-            rows += field_docs(sub, f"{prefix}{f.name}.")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((prefix + f.name, docs.get(f.name, ""), getattr(default, "value", default)))
-    return rows
-
-
 def flatten(tree: dict, prefix: str = ""):
     """(dotted key, leaf value) pairs of a nested dict."""
     for key, value in tree.items():
@@ -397,7 +376,8 @@ def flatten(tree: dict, prefix: str = ""):
             yield prefix + str(key), value
 
 
-def _dataclass_type(cls, name: str):
+def dataclass_type(cls, name: str):
+    """The dataclass a field of `cls` holds, or None for a leaf field."""
     hint = typing.get_type_hints(cls)[name]
     return hint if dataclasses.is_dataclass(hint) else None
 
@@ -415,7 +395,7 @@ def _set(cfg: RunConfig, key: str, value, where: str) -> None:
     if leaf not in names:
         section = ".".join(walked) or "the top level"
         raise ValueError(f"{where}: unknown config key '{key}'; known in {section}: {', '.join(sorted(names))}")
-    if _dataclass_type(type(node), leaf) is not None:
+    if dataclass_type(type(node), leaf) is not None:
         raise ValueError(f"{where}: '{key}' is a section; set its fields, e.g. {key}.<field>=...")
     setattr(node, leaf, _coerce(typing.get_type_hints(type(node))[leaf], value, key, where))
 
