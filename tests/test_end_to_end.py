@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tests.launch import REPO, TINY, events, run_trainer
+from tests.launch import REPO, events, run_trainer
 from trainer.tokenizer import train_tokenizer
 
 

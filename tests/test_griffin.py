@@ -2,22 +2,10 @@
 import pytest
 import torch
 
-from tests.tiny_models import lively_t5
+from tests.tiny_models import lively_t5, random_inputs
 from trainer import griffin
 
 MAX_NEW = 10
-
-
-def inputs(n: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(4, 12, (n,), generator=gen)
-    ids = torch.zeros(n, int(lengths.max()), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, length in enumerate(lengths.tolist()):
-        ids[i, :length] = torch.randint(3, 300, (length,), generator=gen)
-        ids[i, length - 1] = 1
-        mask[i, :length] = 1
-    return ids, mask
 
 
 @pytest.fixture(scope="module", params=["gated", "plain"])
@@ -32,7 +20,7 @@ def test_wraps_the_right_ff_class(model):
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_rho_one_reproduces_the_unpruned_generation(model, beams):
-    ids, mask = inputs(5)
+    ids, mask = random_inputs(5)
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False, num_beams=beams)
     full = model.generate(**kwargs)
     pruned = griffin.generate(model, rho=1.0, window=2, **kwargs)
@@ -41,7 +29,7 @@ def test_rho_one_reproduces_the_unpruned_generation(model, beams):
 
 
 def test_rho_one_teacher_forced_logits_match(model):
-    ids, mask = inputs(4)
+    ids, mask = random_inputs(4)
     target = torch.randint(3, 300, (4, 9))
     full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=target).logits
     with griffin.griffin(model, rho=1.0, window=3):
@@ -84,7 +72,7 @@ def test_selection_is_per_example_for_flocking_and_shared_for_static_selectors(m
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_batch_equals_examples_run_one_by_one(model, beams):
-    ids, mask = inputs(6, seed=1)
+    ids, mask = random_inputs(6, seed=1)
     kwargs = dict(max_new_tokens=MAX_NEW, do_sample=False, num_beams=beams)
     batched = griffin.generate(model, rho=0.5, window=2, input_ids=ids, attention_mask=mask, **kwargs)
     full = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -99,7 +87,7 @@ def test_batch_equals_examples_run_one_by_one(model, beams):
 
 def test_teacher_forced_scoring_follows_generation(model):
     """The position rule is shared: scoring the greedy output under GRIFFIN re-predicts every token."""
-    ids, mask = inputs(1, seed=2)
+    ids, mask = random_inputs(1, seed=2)
     out = griffin.generate(model, rho=0.25, window=2, input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW,
                            do_sample=False)
     end = int((out[0] == 1).nonzero()[0]) + 1 if (out[0] == 1).any() else out.shape[1]

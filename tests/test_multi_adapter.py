@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.tiny_models import lively_t5
+from tests.tiny_models import lively_t5, random_inputs
 from trainer.model import PromptedT5
 from trainer.multi_adapter import MultiAdapterT5
 from trainer.smop import SMoP
@@ -16,14 +16,7 @@ def adapters() -> dict[str, SMoP]:
 
 
 def batch(n: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(4, 12, (n,), generator=gen)
-    ids = torch.zeros(n, int(lengths.max()), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, length in enumerate(lengths.tolist()):
-        ids[i, :length] = torch.randint(3, 300, (length,), generator=gen)
-        ids[i, length - 1] = 1  # </s>
-        mask[i, :length] = 1
+    ids, mask = random_inputs(n, seed)
     return {"input_ids": ids, "attention_mask": mask}
 
 

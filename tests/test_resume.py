@@ -4,7 +4,6 @@ Same world size: bit-for-bit within 1e-6, dropout on (every rank's RNG is restor
 the global batch is kept, so only the float summation order differs (dropout off: masks are per rank).
 """
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.launch import events, run_trainer

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.launch import REPO, TINY, events
 from tests.test_local_slurm import TIMINGS, job_info, run, slurm  # noqa: F401  (slurm: the cluster fixture)

@@ -19,3 +19,16 @@ def lively_t5(vocab_size: int = 300, gated: bool = True, seed: int = 0, d_model:
     with torch.no_grad():
         model.lm_head.weight[1] *= 4.0
     return model.requires_grad_(False)
+
+
+def random_inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random inputs of 4-11 tokens ending in </s>, right-padded: ids and mask (n, longest)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, 12, (n,), generator=gen)
+    ids = torch.zeros(n, int(lengths.max()), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, length in enumerate(lengths.tolist()):
+        ids[i, :length] = torch.randint(3, 300, (length,), generator=gen)
+        ids[i, length - 1] = 1  # </s>
+        mask[i, :length] = 1
+    return ids, mask
