@@ -31,7 +31,7 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path)
         assert key in report, key
     assert report["versions"]["torch"] and report["versions"]["deepspeed"] and report["device"]["type"] == "cpu"
     arms = report["arms"]
-    assert arms["full-ft"]["status"] in ("skipped", "ok", "failed")  # skipped until the method lands
+    assert arms["full-ft"]["status"] == "ok"
     base = arms["smop-4x5"]
     for name in ("smop-4x5", "bare"):
         arm = arms[name]

@@ -22,7 +22,9 @@ def losses(out):
 
 @pytest.fixture(scope="module")
 def finetune(tmp_path_factory):
-    return pair(tmp_path_factory, "ft", "prompt.method=full_finetune", "train.lr=0.003", "train.warmup_ratio=0")
+    # eval.mode=generate: generation through the training engine (whose .config is DeepSpeed's, not T5's)
+    return pair(tmp_path_factory, "ft", "prompt.method=full_finetune", "train.lr=0.003", "train.warmup_ratio=0",
+                "eval.mode=generate")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,7 @@ def test_full_finetune_trains_the_backbone(finetune):
     assert setup["trainable_params"] == 52_672 and setup["prompt_positions"] == 0  # the whole tiny backbone
     saved = torch.load(two / "backbone_final.bin", map_location="cpu")
     assert saved["shared.weight"].shape[1] == 32 and saved["shared.weight"].numel() > 0  # gathered, not a shard
+    assert events(two, "eval")[-1]["num_examples"] == 16  # generated with the trained backbone
 
 
 def test_iapt_hooks_fire_under_zero3_and_match_one_rank(iapt_runs):

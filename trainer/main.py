@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                   str(Path(run.cfg.output_dir) / "smop_final.safetensors"))
         if run.cfg.prompt.method in (Method.SMOP, Method.PROMPT_TUNING):  # what adapters describe; the
             save_adapter(Path(run.cfg.output_dir) / "adapter", run.model.smop,  # others keep smop_final
-                         adapter_meta(run.cfg, run.model.backbone.config), run.tokenizer)
+                         adapter_meta(run.cfg, run.model.config), run.tokenizer)
         print_result(result)
     run.monitor.close()
     distributed.barrier()

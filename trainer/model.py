@@ -35,6 +35,9 @@ class PromptedT5:
 
     def __init__(self, backbone: nn.Module, smop: SMoP):
         self.backbone, self.smop = backbone, smop
+        # The model's own config: when the backbone trains it is the DeepSpeed engine, whose `.config` is
+        # the DeepSpeed dict.
+        self.config = getattr(backbone, "module", backbone).config
 
     def train(self, mode: bool = True) -> None:
         self.backbone.train(mode)
@@ -87,5 +90,5 @@ class PromptedT5:
         # trained one can, and then decodes to "" for every input. Forbidding it changes nothing for the former.
         out = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      do_sample=False, num_beams=1, synced_gpus=synced_gpus,
-                                     suppress_tokens=[self.backbone.config.pad_token_id])
+                                     suppress_tokens=[self.config.pad_token_id])
         return out, routing
