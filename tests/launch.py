@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trainer.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 MAIN = str(REPO / "trainer" / "main.py")
 
@@ -27,9 +29,9 @@ def command(nproc: int, launcher: str) -> list[str]:
         return [sys.executable, MAIN]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(_free_port()), MAIN]
+                "--master_port", str(free_port()), MAIN]
     if launcher == "deepspeed":
-        return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(_free_port()), MAIN]
+        return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), MAIN]
     if launcher in ("deepspeed-hostfile", "deepspeed-no-ssh"):
         # The multi-node runner checks that it can ssh to the first host even when the hostfile lists only
         # localhost; --no_ssh_check with --master_addr skips that and launches locally. --no_ssh is the
@@ -38,17 +40,17 @@ def command(nproc: int, launcher: str) -> list[str]:
         hostfile.write_text(f"localhost slots={nproc}\n")
         mode = ["--no_ssh_check"] if launcher == "deepspeed-hostfile" else ["--no_ssh", "--node_rank", "0"]
         return ["deepspeed", "--hostfile", str(hostfile), *mode, "--master_addr", "127.0.0.1",
-                "--master_port", str(_free_port()), MAIN]
+                "--master_port", str(free_port()), MAIN]
     if launcher == "mpirun":
         # No RANK/WORLD_SIZE in the environment: DeepSpeed discovers them through mpi4py. Its discovery
         # would pick port 29500 unless MASTER_PORT is passed (trainer/distributed.py forwards it).
         return ["mpirun", "-np", str(nproc), "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS",
-                "-x", f"MASTER_PORT={_free_port()}", sys.executable, MAIN]
+                "-x", f"MASTER_PORT={free_port()}", sys.executable, MAIN]
     if launcher == "accelerate":
         # --multi_gpu is accelerate's torchrun path and works without GPUs; `--cpu --num_processes 2`
         # silently starts ONE process (multi-CPU needs --mpirun_hostfile).
         return ["accelerate", "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                 MAIN]
     raise ValueError(launcher)
 
@@ -69,45 +71,3 @@ def events(output_dir, kind: str | None = None) -> list[dict]:
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
     found = [json.loads(line) for line in lines]
     return [e for e in found if kind is None or e.get("event") == kind]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_trainer(output_dir, *overrides: str, nproc: int = 1, env: dict | None = None) -> subprocess.Popen:
-    """Like run_trainer, but returns at once with the running process (to signal or kill it)."""
-    launcher = "python" if nproc == 1 else "torchrun"
-    cmd = command(nproc, launcher) + TINY + [f"output_dir={output_dir}", *overrides]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def worker_pids(launcher_pid: int) -> dict[int, int]:
-    """{rank: pid} of the trainer processes a torchrun started (read from /proc: their RANK variable)."""
-    found = {}
-    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
-        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
-        if ranks:
-            found[int(ranks[0])] = int(child)
-    return found
-
-
-def wait_for_step(output_dir, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Block until rank 0 has logged train step `step` (the loop and its signal handlers are running)."""
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        path = Path(output_dir) / "metrics.jsonl"
-        if path.exists() and any(e.get("event") == "train" and e["step"] >= step for e in events(output_dir)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer exited {proc.returncode} early:\n{proc.stderr.read()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no train step {step} within {timeout} s")

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.bench_common import REPO, RESULT_PREFIX, SIZES, as_dict, device_info  # noqa: E402
 from tools.bench_common import flops_source, inference_flops_per_example, train_flops_per_example  # noqa: E402
+from trainer.distributed import free_port  # noqa: E402
+from trainer.main import git_revision  # noqa: E402
 
 DEFAULT_ARMS = "smop-4x5,pt-5,pt-20,pt-100,smop-4x5-zero2,hf-peft-100,full-ft,bare"
 FULL_FT = "full_finetune"
@@ -112,7 +113,7 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
                 "error": spec.get("skip") or spec["error"]}
     worker = REPO / "tools" / ("bench_hf_peft.py" if spec["kind"] == "hf_peft" else "bench_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(_free_port()), str(worker), json.dumps(spec)]
+           "--master_port", str(free_port()), str(worker), json.dumps(spec)]
     log = out / f"{spec['arm']}.log"
     started = time.time()
     try:
@@ -275,7 +276,7 @@ def main(argv=None) -> int:
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "argv": sys.argv, "size": args.size,
             "shape": as_dict(size), "seq_len": size.seq_len, "target_len": size.target_len,
             "micro_batch": size.micro_batch, "nproc": nproc, "baseline": args.baseline, "device": device,
-            "matmul_peak_flops": peak, "versions": versions(), "git_revision": _git_revision(),
+            "matmul_peak_flops": peak, "versions": versions(), "git_revision": git_revision(),
             "settings": {k: getattr(args, k) for k in ("warmup", "steps", "phase_steps", "infer_repeats")},
             "omp_num_threads": env["OMP_NUM_THREADS"], "flops_source": flops_source(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -315,20 +316,6 @@ def _error_line(stderr: str, rc: int) -> str:
     errors = [line for line in lines if (re.match(r"^[\w.]*(Error|Exception)\b", line) or line.startswith("terminate called"))
               and "ChildFailedError" not in line]
     return errors[-1] if errors else f"exit code {rc}: " + (lines[-1] if lines else "no output")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _git_revision() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def init(timeout_minutes: float = 30.0) -> Dist:
     under_mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
     if "RANK" not in os.environ and not under_mpi:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     accelerator = get_accelerator()
     # Under mpirun DeepSpeed's MPI discovery sets MASTER_PORT to `distributed_port`, overwriting the
     # environment, so a port chosen with `mpirun -x MASTER_PORT=...` must be passed through here.
@@ -64,7 +64,8 @@ def _share_cpu_cores(local_ranks: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_ranks)))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (for MASTER_PORT)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

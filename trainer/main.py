@@ -237,7 +237,7 @@ def write_run_files(run: Run, ds_config: dict) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
     backbone = list(run.model.backbone.parameters())
-    info = {"git_revision": _git_revision(), "world_size": world_size, "command": sys.argv,
+    info = {"git_revision": git_revision(), "world_size": world_size, "command": sys.argv,
             "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
             "activation_checkpointing": bool(getattr(run.model.backbone, "is_gradient_checkpointing", False)),
             "backbone_params": sum(distributed.numel(p) for p in backbone),
@@ -282,7 +282,8 @@ def _resolve(path: str) -> str:
     return path if Path(path).exists() or Path(path).is_absolute() else str(REPO_ROOT / path)
 
 
-def _git_revision() -> str | None:
+def git_revision() -> str | None:
+    """The checkout's commit, recorded beside a run's outputs; None outside a git checkout."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip() or None
