@@ -71,3 +71,37 @@ def events(output_dir, kind: str | None = None) -> list[dict]:
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
     found = [json.loads(line) for line in lines]
     return [e for e in found if kind is None or e.get("event") == kind]
+
+
+def start_trainer(output_dir, *overrides: str, nproc: int = 1, env: dict | None = None) -> subprocess.Popen:
+    """Like run_trainer, but returns at once with the running process (to signal or kill it)."""
+    launcher = "python" if nproc == 1 else "torchrun"
+    cmd = command(nproc, launcher) + TINY + [f"output_dir={output_dir}", *overrides]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the trainer processes a torchrun started (read from /proc: their RANK variable)."""
+    found = {}
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
+        if ranks:
+            found[int(ranks[0])] = int(child)
+    return found
+
+
+def wait_for_step(output_dir, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Block until rank 0 has logged train step `step` (the loop and its signal handlers are running)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = Path(output_dir) / "metrics.jsonl"
+        if path.exists() and any(e.get("event") == "train" and e["step"] >= step for e in events(output_dir)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited {proc.returncode} early:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no train step {step} within {timeout} s")

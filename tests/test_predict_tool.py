@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.launch import _free_port, run_trainer
+from tests.launch import run_trainer
 from tests.tiny_models import lively_t5
 from tools.run_files import read_run, run_tokenizer
 from trainer.adapter import config_hash, save_adapter
 from trainer.config import EMBEDDED_DATA_DIR
+from trainer.distributed import free_port
 from trainer.smop import SMoP
 from trainer.tasks import get_task, load_split
 
@@ -25,7 +26,7 @@ def predict(*args, nproc=1, timeout=300):
     if nproc == 1:
         cmd = [sys.executable, PREDICT]
     else:
-        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(_free_port()), PREDICT]
+        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), PREDICT]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=ENV, timeout=timeout,
                           cwd=ROOT)
 
