@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from trainer.config import load_config
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import build_optimizer, build_scheduler, masked_step
 from trainer.smop import SMoP
 
 
@@ -37,3 +37,43 @@ def test_linear_warmup_then_decay_and_constant():
     for _ in range(10):
         assert sched.get_last_lr()[0] == cfg.lr
         sched.step()
+
+
+def _state(model, opt) -> list:
+    """Parameters and every optimiser state value, as comparable plain values."""
+    out = []
+    for p in model.parameters():
+        out.append(p.detach().clone())
+        out += [v.clone() if torch.is_tensor(v) else v for _, v in sorted(opt.state[p].items())]
+    return out
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_masked_step_is_a_step_or_exactly_nothing(optimizer, monkeypatch):
+    """ok=False leaves parameters and every state value bit-identical (AdamW: decided on the device; Adafactor,
+    whose step count is a Python int: on the host); ok=True equals a plain step, also after skipped steps."""
+    cfg = load_config(None, [f"train.optimizer={optimizer}", "train.lr=0.1"]).train
+    torch.manual_seed(0)
+    masked, plain = SMoP(16, 4, 5), SMoP(16, 4, 5)
+    plain.load_state_dict(masked.state_dict())
+    opt_m, opt_p = build_optimizer(list(masked.parameters()), cfg), build_optimizer(list(plain.parameters()), cfg)
+    for seed, ok in enumerate([False, True, True, False, True, False, False, True]):
+        for model in (masked, plain):
+            torch.manual_seed(seed)
+            prompts, _ = model(torch.randn(3, 6, 16), torch.ones(3, 6), torch.randn(3, 4))
+            prompts.pow(2).sum().backward()
+        before = _state(masked, opt_m)
+        with monkeypatch.context() as m:
+            if optimizer == "adamw" and any(opt_m.state.values()):  # once the state exists the host must not read ok
+                m.setattr(torch.Tensor, "__bool__", lambda t: pytest.fail("ok read on the host"))
+            masked_step(opt_m, list(masked.parameters()), torch.tensor(ok))
+        if ok:
+            opt_p.step()
+        assert _same(_state(masked, opt_m), _state(plain, opt_p)), seed
+        assert _same(_state(masked, opt_m), before) != ok, seed
+        opt_m.zero_grad()
+        opt_p.zero_grad()

@@ -98,3 +98,16 @@ def test_nonfinite_steps_skipped_then_stop_with_last_good_checkpoint_intact(tmp_
     assert sorted(p.name for p in root.glob("step-*")) == ["step-000001", "step-000002"]
     assert verify(root / "step-000002")["step"] == 2
     assert json.loads((root / "step-000002" / "meta.json").read_text())["nonfinite_skipped"] == 0
+
+
+def test_nonfinite_read_late_gives_the_same_decisions(tmp_path):
+    """The host reads the guard's flags one step late except at log and checkpoint steps: with neither at
+    steps 3 and 5, the skips and the stop still land on the same steps, and no skipped step is saved."""
+    out = tmp_path / "run"
+    proc = run_trainer(out, "train.lr=1e30", "train.warmup_ratio=0", "train.max_grad_norm=0", "train.max_steps=12",
+                       "checkpoint.every=2", "train.log_every=4", "train.max_nonfinite=3", check=False)
+    assert proc.returncode == EXIT_NONFINITE, proc.stderr[-2000:]
+    assert "step 5: loss or gradient not finite for 3 steps in a row" in proc.stderr
+    assert [e["step"] for e in events(out, "nonfinite")] == [3, 4]
+    assert [e["step"] for e in events(out, "train")] == [4]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000002"]

@@ -71,6 +71,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# --- host <-> device, without stalling the queue ----------------------------------------------------
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to `device` without making the host wait for the device.
+
+    A plain `.to(cuda)` synchronises the stream after the copy, so the host could not queue step n+1
+    while step n runs. From pinned memory the copy is queued like a kernel instead.
+    """
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class HostCopy:
+    """A device tensor's values on their way to the host: `read()` waits for this copy only.
+
+    `.tolist()` on a device tensor would wait for everything queued after it too (the next step's forward
+    and backward); a non-blocking copy into pinned memory plus an event waits only for the copy.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self.event = None
+        self.value = tensor.detach().to("cpu", non_blocking=True)
+        if tensor.device.type != "cpu":
+            self.event = get_accelerator().Event()
+            self.event.record()
+
+    def read(self) -> list:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.value.tolist()
+
+
 # --- collectives --------------------------------------------------------------------------------------
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

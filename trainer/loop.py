@@ -15,6 +15,7 @@ from trainer.evaluation import evaluate
 from trainer.guard import StepGuard
 from trainer.model import PromptedT5
 from trainer.monitor import Monitor, routing_summary
+from trainer.optim import masked_step
 
 
 @dataclass
@@ -61,6 +62,7 @@ def train(run: Run) -> dict:
         train_step(run)
         run.step += 1
         bar.update(1)
+        poll_guard(run)
         maybe_log(run, bar, started)
         maybe_check_replicas(run)
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
@@ -75,18 +77,19 @@ def train_step(run: Run) -> None:
     """One optimiser step over the global batch: accumulate micro batches, all-reduce, update."""
     d, k = run.dist, run.model.smop.num_prompts
     rows = run.order.global_indices(run.step)
-    noise = run.order.noise(run.step, k)
+    noise = distributed.to_device(run.order.noise(run.step, k), d.device)
     micro = run.order.micro_batches(run.step, d.rank, d.world_size, run.micro_batch)
     batches = [collate(run.train_data, [rows[i] for i in m], run.tokenizer.pad_token_id) for m in micro]
     # Normalise by the target tokens of the whole global batch (one scalar all-reduce), so the gradient
     # does not depend on how the batch is split over ranks and micro batches.
-    tokens = distributed.all_reduce_sum(sum((b["labels"] != -100).sum() for b in batches).float().to(d.device))
+    tokens = sum((b["labels"] != -100).sum() for b in batches).float()
+    tokens = distributed.all_reduce_sum(distributed.to_device(tokens, d.device))
     run.model.train()
     run.stats["lr"] = run.scheduler.get_last_lr()[0]  # the rate this step uses, logged with its loss
     step_loss, step_tokens = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
     for batch, positions in zip(batches, micro):
-        batch = {key: value.to(d.device) for key, value in batch.items()}
-        loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions].to(d.device))
+        batch = {key: distributed.to_device(value, d.device) for key, value in batch.items()}
+        loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions])
         aux = routing.aux_loss / (len(micro) * d.world_size)
         if run.engine is not None:  # full fine-tuning: the engine reduces, clips and steps at the boundary
             distributed.engine_backward_step(run.engine, loss_sum / tokens + aux, len(micro) * d.world_size)
@@ -97,22 +100,32 @@ def train_step(run: Run) -> None:
         run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
                                        accumulate=True)
     if run.engine is not None:  # the engine has stepped; non-finite steps are its own loss scaler's business
+        run.guard.gate(run.step + 1, step_loss, [], judge=False)
         run.stats["loss_sum"] += step_loss
         run.stats["tokens"] += step_tokens
         return
     distributed.all_reduce_grads(run.params)
-    if not run.guard.update_allowed(step_loss, run.params, run.step + 1):
-        run.monitor.log({"event": "nonfinite", "step": run.step + 1, "skipped_total": run.guard.skipped})
-        run.scheduler.step()  # the learning rate stays a function of the step, skipped or not
-        run.optimizer.zero_grad(set_to_none=True)
-        return
-    run.stats["loss_sum"] += step_loss  # a skipped step stays out of the logged mean loss
-    run.stats["tokens"] += step_tokens
+    ok = run.guard.gate(run.step + 1, step_loss, [p.grad for p in run.params if p.grad is not None])
+    run.stats["loss_sum"] += torch.where(ok, step_loss, 0)  # a skipped step stays out of the logged mean loss
+    run.stats["tokens"] += torch.where(ok, step_tokens, 0)
     if run.cfg.train.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
-    run.optimizer.step()
-    run.scheduler.step()
+    masked_step(run.optimizer, run.params, ok)
+    run.scheduler.step()  # the learning rate stays a function of the step, skipped or not
     run.optimizer.zero_grad(set_to_none=True)
+
+
+def poll_guard(run: Run) -> None:
+    """Learn which steps were skipped and whether to stop: the previous step's flags every step (the host
+    does not wait for the step it has just queued), this step's too where it is about to log or save."""
+    def on_skip(step: int) -> None:
+        run.monitor.log({"event": "nonfinite", "step": step, "skipped_total": run.guard.skipped})
+
+    g, every = run.guard, run.cfg.checkpoint.every
+    g.poll(run.step, on_skip)
+    if (g.stop_requested or run.step % run.cfg.train.log_every == 0 or run.step == run.cfg.train.max_steps
+            or (every and run.step % every == 0)):
+        g.poll(run.step + 1, on_skip)
 
 
 def maybe_save(run: Run) -> bool:

@@ -16,7 +16,32 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
     if cfg.optimizer == OptimizerName.ADAFACTOR:
         return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused keeps AdamW's step counter on the GPU, so masked_step can undo a step without the host.
+    fused = params[0].device.type == "cuda" or None
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+@torch.no_grad()
+def masked_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], ok: torch.Tensor) -> None:
+    """optimizer.step() where the device bool `ok` holds, no change at all where it does not.
+
+    The parameters and every optimiser state tensor are copied before the step and put back where `ok` is
+    False, so the host never reads `ok` (reading it would wait for the whole step). The trainable tensors
+    are small: the copies cost little. Where some state is not a tensor on `ok`'s device (before the first
+    step; transformers' Adafactor counts steps in a Python int) the host reads `ok` instead.
+    """
+    params = [p for p in params if p.grad is not None]
+    started = all(optimizer.state.get(p) for p in params)
+    state = [v for p in params for v in optimizer.state.get(p, {}).values()]
+    if not started or not all(torch.is_tensor(v) and v.device == ok.device for v in state):
+        if bool(ok):
+            optimizer.step()
+        return
+    tensors = params + state
+    before = [t.clone() for t in tensors]
+    optimizer.step()
+    for t, old in zip(tensors, before):
+        t.copy_(torch.where(ok, t, old))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
