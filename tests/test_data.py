@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trainer.data import TrainOrder, collate, encode, eval_shards
+from trainer.data import LengthGroupedOrder, TrainOrder, collate, encode, eval_shards
 from trainer.tasks import Example
 from trainer.tokenizer import train_tokenizer
 
@@ -57,6 +57,36 @@ def test_noise_is_shared_by_all_ranks_and_differs_per_step():
     order = TrainOrder(100, 8, 0)
     assert torch.equal(order.noise(3, 4), TrainOrder(100, 8, 0).noise(3, 4))
     assert not torch.equal(order.noise(3, 4), order.noise(4, 4))
+
+
+def _padded(order, lengths, steps, micro):
+    """Padded input positions per real one over `steps`, micro batches of `micro` rows (dynamic padding)."""
+    real = padded = 0
+    for s in range(steps):
+        rows = [lengths[i] for i in order.global_indices(s)]
+        for m in range(0, len(rows), micro):
+            real += sum(rows[m: m + micro])
+            padded += max(rows[m: m + micro]) * len(rows[m: m + micro])
+    return padded / real - 1
+
+
+def test_length_grouping_keeps_each_epoch_and_pads_less():
+    gen = torch.Generator().manual_seed(0)
+    lengths = (torch.randn(96, generator=gen).exp() * 40).long().clamp(4, 400).tolist()
+    plain, grouped = TrainOrder(96, 8, seed=1), LengthGroupedOrder(TrainOrder(96, 8, seed=1), lengths, window=4)
+    epoch = [i for s in range(12) for i in grouped.global_indices(s)]
+    assert sorted(epoch) == list(range(96))  # a window holds its steps' examples: epochs stay whole
+    for w in range(3):  # ... and each window exactly the examples the plain order gives it
+        window = range(4 * w, 4 * w + 4)
+        assert sorted(i for s in window for i in grouped.global_indices(s)) == \
+            sorted(i for s in window for i in plain.global_indices(s))
+    again = LengthGroupedOrder(TrainOrder(96, 8, seed=1), lengths, window=4)
+    assert [again.global_indices(s) for s in (13, 2, 0)] == [grouped.global_indices(s) for s in (13, 2, 0)]
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in map(grouped.global_indices, range(4)))
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))  # batches cut a sorted window
+    assert _padded(grouped, lengths, 24, micro=4) < 0.5 * _padded(plain, lengths, 24, micro=4)
+    assert grouped.noise(5, 4).equal(plain.noise(5, 4))
+    assert grouped.micro_batches(5, 1, 2, 2) == plain.micro_batches(5, 1, 2, 2)
 
 
 @pytest.mark.parametrize("n, world, batch", [(10, 2, 4), (7, 3, 2), (1, 2, 8), (16, 2, 8)])

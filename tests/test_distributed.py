@@ -50,9 +50,10 @@ def test_bf16_backbone_keeps_smop_fp32(tmp_path):
 
 def test_zero2_replicates_the_backbone_and_matches_one_rank(tmp_path):
     """Below ZeRO-3 there is no engine (DeepSpeed asserts an optimizer for stage 1/2): every rank holds the
-    whole bf16 backbone, the SMoP gradients are all-reduced by the trainer, and 2 ranks match 1."""
+    whole bf16 backbone, the SMoP gradients are all-reduced by the trainer, and 2 ranks match 1 (here with
+    length-grouped batches: the grouped order, too, is the same for any world size)."""
     common = ["ds_config=ds_configs/zero2_bf16.json", "model.dropout=0", "train.global_batch_size=8",
-              "train.check_replicas_every=1"]
+              "train.check_replicas_every=1", "data.group_by_length=2"]
     one, two = tmp_path / "one", tmp_path / "two"
     run_trainer(one, *common, nproc=1)
     proc = run_trainer(two, *common, nproc=2)

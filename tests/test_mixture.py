@@ -6,7 +6,7 @@ import pytest
 
 from tests.launch import events, run_trainer
 from trainer.config import DataConfig, Mixing
-from trainer.data import TrainOrder
+from trainer.data import Encoded, LengthGroupedOrder, TrainOrder
 from trainer.mixture import MixtureOrder, build_order, mixing_rates
 
 
@@ -57,12 +57,18 @@ def test_micro_batches_and_noise_match_train_order():
     assert order.noise(3, 4).equal(plain.noise(3, 4))
 
 
-def test_build_order_chooses_by_mixing():
+def test_build_order_chooses_by_mixing_and_grouping():
+    def data(task_ids):
+        return Encoded([None] * len(task_ids), task_ids, [[1] * (i + 1) for i in range(len(task_ids))], [], 0)
+
     cfg = DataConfig(task="rte,cb", mixing=Mixing.TEMPERATURE)
-    assert isinstance(build_order(cfg, [0, 0, 1], 2, 4, 0), MixtureOrder)
-    assert type(build_order(cfg, [0, 0, 0], 1, 4, 0)) is TrainOrder  # one task: nothing to mix
+    assert isinstance(build_order(cfg, data([0, 0, 1]), 2, 4, 0), MixtureOrder)
+    assert type(build_order(cfg, data([0, 0, 0]), 1, 4, 0)) is TrainOrder  # one task: nothing to mix
     cfg.mixing = Mixing.PROPORTIONAL
-    assert type(build_order(cfg, [0, 0, 1], 2, 4, 0)) is TrainOrder  # the shuffled union is proportional
+    assert type(build_order(cfg, data([0, 0, 1]), 2, 4, 0)) is TrainOrder  # the shuffled union is proportional
+    cfg.group_by_length = 3
+    grouped = build_order(cfg, data([0, 0, 1]), 2, 4, 0)
+    assert isinstance(grouped, LengthGroupedOrder) and grouped.window == 3 and grouped.lengths == [1, 2, 3]
 
 
 def test_a_task_without_training_examples_is_an_error():

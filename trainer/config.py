@@ -178,6 +178,10 @@ class DataConfig:
     """Target tokens including </s>."""
     max_eval_examples: int = 0
     """Evaluate on at most this many examples of each task (dev and test alike); 0: all."""
+    group_by_length: int = 0
+    """Batch training inputs of similar length together: sort each window of this many global batches by
+    input length, then shuffle the batches (still a function of (seed, step)); 0: off. Pays where lengths
+    vary (BoolQ, MultiRC): less padding per micro batch; see docs/benchmarks.md."""
 
 
 @dataclass
@@ -325,6 +329,8 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"data.temperature={d.temperature}: must be positive")
     if d.max_eval_examples < 0:
         raise ValueError(f"data.max_eval_examples={d.max_eval_examples}: must not be negative")
+    if d.group_by_length < 0:
+        raise ValueError(f"data.group_by_length={d.group_by_length}: must not be negative")
     for key, name in {"model.name_or_path": cfg.model.name_or_path, "model.tokenizer": cfg.model.tokenizer}.items():
         if name and name != "tiny" and _looks_local(name) and not Path(name).expanduser().is_dir():
             raise ValueError(f"{key}: no such directory '{name}'")

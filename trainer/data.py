@@ -103,6 +103,39 @@ class TrainOrder:
         return self._perm
 
 
+class LengthGroupedOrder:
+    """Another order's examples, regrouped so that a global batch holds inputs of similar length.
+
+    Steps come in windows of `window` global batches. A window takes the examples the inner order gives
+    its steps, sorts them by input length, cuts them into global batches and shuffles those with a
+    (seed, window) generator. Consecutive rows of a global batch form a micro batch, so dynamic padding
+    pads each micro batch to a length its rows nearly share. Every example keeps its window (and so its
+    epoch), and the order stays a function of (seed, step). Noise and micro-batch slicing are the inner
+    order's.
+    """
+
+    def __init__(self, inner: TrainOrder, lengths: list[int], window: int):
+        self.inner, self.lengths, self.window = inner, lengths, window
+        self.global_batch, self.seed = inner.global_batch, inner.seed
+        self._cached: tuple[int, list[list[int]]] = (-1, [])
+
+    def global_indices(self, step: int) -> list[int]:
+        w, position = divmod(step, self.window)
+        if self._cached[0] != w:
+            pooled = [i for s in range(w * self.window, (w + 1) * self.window) for i in self.inner.global_indices(s)]
+            pooled.sort(key=lambda i: self.lengths[i])  # stable: equal lengths keep the inner order
+            batches = [pooled[b * self.global_batch: (b + 1) * self.global_batch] for b in range(self.window)]
+            gen = torch.Generator().manual_seed(self.seed * 104_729 + w)
+            self._cached = (w, [batches[b] for b in torch.randperm(self.window, generator=gen).tolist()])
+        return self._cached[1][position]
+
+    def micro_batches(self, step: int, rank: int, world: int, micro: int) -> list[list[int]]:
+        return self.inner.micro_batches(step, rank, world, micro)
+
+    def noise(self, step: int, num_prompts: int) -> torch.Tensor:
+        return self.inner.noise(step, num_prompts)
+
+
 def eval_shards(num_examples: int, rank: int, world: int, batch_size: int) -> list[list[int]]:
     """This rank's evaluation batches: examples rank, rank + world, ...
 

@@ -144,7 +144,7 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device)
     return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
                scheduler=scheduler, train_data=train_data, eval_data=eval_data,
-               order=build_order(d, train_data.task_ids, len(task_names(d)), global_batch, cfg.seed),
+               order=build_order(d, train_data, len(task_names(d)), global_batch, cfg.seed),
                micro_batch=micro, accum_steps=accum, tokenizer=tokenizer,
                monitor=Monitor(cfg.output_dir, dist.is_main), task_names=task_names(d),
                eval_split=splits.eval.name, test_data=test_data, engine=engine)

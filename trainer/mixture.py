@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from trainer.config import DataConfig, Mixing
-from trainer.data import TrainOrder
+from trainer.data import Encoded, LengthGroupedOrder, TrainOrder
 
 
 def mixing_rates(sizes: list[int], mixing: Mixing, temperature: float) -> list[float]:
@@ -80,9 +80,14 @@ class MixtureOrder(TrainOrder):
         return cached[1]
 
 
-def build_order(cfg: DataConfig, task_ids: list[int], num_tasks: int, global_batch: int, seed: int) -> TrainOrder:
-    """The training order `data.mixing` asks for; a single task always uses plain `TrainOrder`."""
+def build_order(cfg: DataConfig, data: Encoded, num_tasks: int, global_batch: int, seed: int):
+    """The training order `data.mixing` and `data.group_by_length` ask for (plain `TrainOrder` by default)."""
+    task_ids = data.task_ids
     if num_tasks > 1 and cfg.mixing == Mixing.TEMPERATURE:
         sizes = [task_ids.count(t) for t in range(num_tasks)]
-        return MixtureOrder(task_ids, mixing_rates(sizes, cfg.mixing, cfg.temperature), global_batch, seed)
-    return TrainOrder(len(task_ids), global_batch, seed)
+        order = MixtureOrder(task_ids, mixing_rates(sizes, cfg.mixing, cfg.temperature), global_batch, seed)
+    else:
+        order = TrainOrder(len(task_ids), global_batch, seed)
+    if cfg.group_by_length:
+        return LengthGroupedOrder(order, [len(ids) for ids in data.input_ids], cfg.group_by_length)
+    return order
