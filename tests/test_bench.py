@@ -61,8 +61,31 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path)
         assert name in proc.stdout
     assert "ratio to smop-4x5" in proc.stdout
 
+
+def test_bench_varied_lengths_grouped_arm_pads_less(tmp_path):
+    """--lengths varied: real tokens and the mean step time make the throughput; -grouped pads less."""
+    target_len = 4
+    cmd = [sys.executable, "tools/bench.py", "--size", "tiny", "--arms", "smop-4x5,smop-4x5-grouped", "--lengths",
+           "varied", "--baseline", "smop-4x5", "--warmup", "1", "--steps", "4", "--phase-steps", "1",
+           "--infer-repeats", "0", "--seq-len", "64", "--target-len", str(target_len), "--micro-batch", "2",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    plain, grouped = report["arms"]["smop-4x5"], report["arms"]["smop-4x5-grouped"]
+    assert report["lengths"] == "varied" and (plain["group_by_length"], grouped["group_by_length"]) == (0, 50)
+    for arm in (plain, grouped):
+        assert arm["status"] == "ok", arm
+        assert 8 <= arm["input_tokens_per_example"] < 64
+        real = arm["input_tokens_per_example"] + target_len
+        assert arm["tokens_per_s"] == pytest.approx(arm["samples_per_s"] * real)
+        assert arm["step_time_s"] >= sum(arm["step_times_s_rank0"]) / 4 * (1 - 1e-9)  # slowest rank's mean
+    assert grouped["input_pad_fraction"] < plain["input_pad_fraction"]
+    assert "pad %" in proc.stdout and "(varied lengths)" in proc.stdout
+
+
 def test_arm_names_parse_to_trainer_settings(tmp_path):
-    args = Namespace(warmup=1, steps=1, phase_steps=1, infer_repeats=0, override=[])
+    args = Namespace(warmup=1, steps=1, phase_steps=1, infer_repeats=0, override=[], lengths="fixed")
     size = SIZES["tiny"]
     smop = arm_spec("smop-8x10", args, size, False, tmp_path)
     assert (smop["kind"], smop["method"], smop["num_prompts"], smop["prompt_length"]) == ("trainer", "smop", 8, 10)
@@ -75,3 +98,5 @@ def test_arm_names_parse_to_trainer_settings(tmp_path):
     assert ds["zero_optimization"]["stage"] == 2
     assert not any(k.startswith("stage3_") for k in ds["zero_optimization"])
     assert "unknown arm" in arm_spec("nonsense", args, size, False, tmp_path)["error"]
+    grouped = arm_spec("pt-20-grouped", args, size, False, tmp_path)
+    assert (grouped["method"], grouped["prompt_length"], grouped["group_by_length"]) == ("prompt_tuning", 20, 50)

@@ -9,6 +9,8 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     smop-KxL-zero2    the same under ZeRO-2
     ...-ckpt          suffix for any trainer arm: backbone activation checkpointing on (memory/speed trade-off)
     ...-eager         suffix for any trainer arm: eager T5 attention instead of transformers' default SDPA
+    ...-grouped       suffix for any trainer arm: data.group_by_length=50 (length-grouped batches; pair it
+                      with --lengths varied, since fixed-length rows have nothing to group)
     pt-L              this trainer, prompt tuning (prompt.method=prompt_tuning num_prompts=1 prompt_length=L)
     hf-peft-L         Hugging Face Trainer + PEFT prompt tuning (num_virtual_tokens=L), same ZeRO stage
     full-ft           prompt.method=full_finetune, when the trainer has it
@@ -36,6 +38,7 @@ from trainer.main import git_revision  # noqa: E402
 
 DEFAULT_ARMS = "smop-4x5,pt-5,pt-20,pt-100,smop-4x5-zero2,hf-peft-100,full-ft,bare"
 FULL_FT = "full_finetune"
+GROUP_WINDOW = 50  # global batches per length-sorted window in the -grouped arms
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phase-steps", type=int, default=3, help="steps of the separate instrumented pass")
     p.add_argument("--infer-repeats", type=int, default=3, help="timed generate calls (0: skip latency)")
     p.add_argument("--seq-len", type=int, help="S, input tokens per example (default: the size's)")
+    p.add_argument("--lengths", default="fixed", choices=["fixed", "varied"],
+                   help="fixed: every input S tokens; varied: SuperGLUE-like spread up to S (throughput then "
+                        "from the mean step time and the real tokens)")
     p.add_argument("--target-len", type=int, help="T, target tokens per example")
     p.add_argument("--micro-batch", type=int, help="examples per rank per step")
     p.add_argument("--gen-tokens", type=int, help="tokens generated per example for the latency")
@@ -62,7 +68,8 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
     """What the worker of arm `name` runs; 'skip'/'error' fields instead when it cannot run here."""
     base = {"arm": name, "size": as_dict(size), "warmup": args.warmup, "steps": args.steps,
             "phase_steps": args.phase_steps, "infer_repeats": args.infer_repeats,
-            "out_dir": str(out / name), "overrides": args.override, "ds_config": size.ds_config}
+            "out_dir": str(out / name), "overrides": args.override, "ds_config": size.ds_config,
+            "lengths": args.lengths}
     if name == "bare":
         return {**base, "kind": "bare", "method": "smop", "num_prompts": 4, "prompt_length": 5}
     if name == "full-ft":
@@ -72,10 +79,11 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
             return {**base, "skip": f"prompt.method={FULL_FT} is not available on this branch"}
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
-    for suffix, flag in (("-ckpt", "activation_checkpointing"), ("-eager", "eager_attention")):
+    for suffix, flag, value in (("-ckpt", "activation_checkpointing", True), ("-eager", "eager_attention", True),
+                                ("-grouped", "group_by_length", GROUP_WINDOW)):
         if name.endswith(suffix) and not name.startswith("hf-peft"):
             spec = arm_spec(name.removesuffix(suffix), args, size, on_gpu, out)
-            return {**spec, "arm": name, "out_dir": str(out / name), flag: True}
+            return {**spec, "arm": name, "out_dir": str(out / name), flag: value}
     m = re.fullmatch(r"smop-(\d+)x(\d+)(-zero2)?", name)
     if m:
         spec = {**base, "kind": "trainer", "method": "smop", "num_prompts": int(m[1]), "prompt_length": int(m[2])}
@@ -134,6 +142,7 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
                   prompt_length=spec.get("prompt_length"))
     for flag in ("activation_checkpointing", "eager_attention"):
         result[flag] = bool(spec.get(flag))
+    result.update(group_by_length=spec.get("group_by_length", 0), lengths=spec.get("lengths"))
     if "ds_config_source" in spec:
         result["ds_config_source"] = spec["ds_config_source"]
     return result
@@ -211,7 +220,13 @@ def print_table(results: dict, baseline: str, heads: list[dict], meta: dict) -> 
                      _f(r["latency_s_per_example"], 1e3, 1), _x(q["latency"]),
                      _f(r.get("inference_flops_per_example"), 1e-9, 2), _x(q["inference_flops"]),
                      _f(r.get("mfu"), 100, 1) + ("%" if r.get("mfu") is not None else "")])
-    print(f"\n# {meta['size']} | {meta['device'].get('name')} | {meta['nproc']} rank(s) per arm | S={meta['seq_len']} "
+    if meta["lengths"] == "varied":
+        cols.append("pad %")
+        for row, r in zip(rows, results.values()):
+            if len(row) == len(cols) - 1:
+                row.append(_f(r.get("input_pad_fraction"), 100, 1))
+    print(f"\n# {meta['size']} | {meta['device'].get('name')} | {meta['nproc']} rank(s) per arm | "
+          f"S={meta['seq_len']}{' (varied lengths)' if meta['lengths'] == 'varied' else ''} "
           f"T={meta['target_len']} micro batch {meta['micro_batch']} | x = ratio to {baseline}")
     full = [cols] + [row for row in rows if len(row) == len(cols)]  # failed rows print their error unpadded
     widths = [max(len(str(row[i])) for row in full) for i in range(len(cols))]
@@ -275,7 +290,8 @@ def main(argv=None) -> int:
     heads = headline(results, device, args.size)
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "argv": sys.argv, "size": args.size,
             "shape": as_dict(size), "seq_len": size.seq_len, "target_len": size.target_len,
-            "micro_batch": size.micro_batch, "nproc": nproc, "baseline": args.baseline, "device": device,
+            "micro_batch": size.micro_batch, "lengths": args.lengths, "nproc": nproc, "baseline": args.baseline,
+            "device": device,
             "matmul_peak_flops": peak, "versions": versions(), "git_revision": git_revision(),
             "settings": {k: getattr(args, k) for k in ("warmup", "steps", "phase_steps", "infer_repeats")},
             "omp_num_threads": env["OMP_NUM_THREADS"], "flops_source": flops_source(),

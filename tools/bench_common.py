@@ -73,6 +73,15 @@ def synthetic_rows(n: int, seq_len: int, target_len: int, vocab: int, seed: int)
     return torch.cat([inputs, eos], 1).tolist(), torch.cat([labels, eos], 1).tolist()
 
 
+def varied_rows(n: int, seq_len: int, target_len: int, vocab: int, seed: int) -> tuple[list, list]:
+    """`synthetic_rows` cut to lengths that vary as real SuperGLUE inputs do: log-normal with median S/4 and
+    sigma 0.6, clipped to [8, S] (an assumed spread, for --lengths varied and the -grouped arms)."""
+    inputs, labels = synthetic_rows(n, seq_len, target_len, vocab, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    lengths = (torch.randn(n, generator=gen) * 0.6).exp().mul(seq_len / 4).round().long().clamp(8, seq_len)
+    return [row[: length - 1] + [1] for row, length in zip(inputs, lengths.tolist())], labels
+
+
 # --- timing and memory ---------------------------------------------------------------------------------
 
 def sync(device: torch.device) -> None:
@@ -172,9 +181,14 @@ def rank_figures(times: list[float], phases: dict, mem: dict, latency: float | N
     return {"step_s": times, "phases": phases, "memory": mem, "latency_s": latency}
 
 
-def combine(per_rank: list[dict], global_batch: int, tokens_per_example: int, infer_batch: int) -> dict:
-    """Figures of an arm from every rank's: the slowest rank sets the pace (ranks wait for each other)."""
-    step = max(median(r["step_s"]) for r in per_rank)
+def combine(per_rank: list[dict], global_batch: int, tokens_per_example: float, infer_batch: int,
+            mean: bool = False) -> dict:
+    """Figures of an arm from every rank's: the slowest rank sets the pace (ranks wait for each other).
+
+    The step time is the median of the timed steps, or their mean where batches differ in length (mean=True).
+    """
+    average = statistics.fmean if mean else median
+    step = max(average(r["step_s"]) for r in per_rank)
     latency = [r["latency_s"] for r in per_rank if r["latency_s"] is not None]
     phase_names = sorted({k for r in per_rank for k in r["phases"]})
     return {

@@ -4,7 +4,7 @@
     python tools/bench_worker.py --peak                                  (bf16 matmul peak of this GPU)
 
 The model, data order and step are the trainer's own: `read_inputs -> distributed.init -> build_run`, then
-`train_step` on synthetic fixed-length rows (tools/bench_common.py). Figures, in this order:
+`train_step` on synthetic rows (tools/bench_common.py), fixed-length or varied (--lengths varied). Figures, in this order:
 1. timed steps: `train_step` exactly as `train()` calls it, one device sync after each step (none inside);
 2. a separate instrumented pass that wraps the step's phases (forward, all-reduce) with syncs to split the
    step time: never the pass the throughput comes from;
@@ -26,16 +26,17 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tools.bench_common import (Size, combine, device_info, emit, matmul_peak_flops, median, model_overrides,  # noqa: E402
-                                peak_memory, rank_figures, reset_peak_memory, sync, synthetic_rows)
+                                peak_memory, rank_figures, reset_peak_memory, sync, synthetic_rows, varied_rows)
 
 
 def main(spec: dict) -> None:
     import torch.distributed as tdist
 
     from trainer import distributed
-    from trainer.data import Encoded, TrainOrder, collate
+    from trainer.data import Encoded, collate
     from trainer.loop import reset_stats, train_step
     from trainer.main import build_run, read_inputs
+    from trainer.mixture import build_order
 
     size = Size(**spec["size"])
     inputs = read_inputs(None, trainer_overrides(spec, size))
@@ -45,10 +46,12 @@ def main(spec: dict) -> None:
         # transformers runs T5 attention through SDPA by default (exact: tests/test_backbone.py); eager is the
         # before-figure of that speed item.
         run.model.backbone.set_attn_implementation("eager")
-    n = run.order.global_batch * 8
-    input_ids, labels = synthetic_rows(n, size.seq_len, size.target_len, size.vocab_size, run.cfg.seed)
+    varied = spec.get("lengths") == "varied"
+    n = run.order.global_batch * (64 if varied else 8)
+    rows = varied_rows if varied else synthetic_rows
+    input_ids, labels = rows(n, size.seq_len, size.target_len, size.vocab_size, run.cfg.seed)
     run.train_data = Encoded([None] * n, [0] * n, input_ids, labels, 0)
-    run.order = TrainOrder(n, run.order.global_batch, run.cfg.seed)
+    run.order = build_order(run.cfg.data, run.train_data, 1, run.order.global_batch, run.cfg.seed)
     reset_stats(run)
     device = dist.device
 
@@ -71,7 +74,7 @@ def main(spec: dict) -> None:
         one_step()
     sync(device)
     reset_peak_memory(device)
-    times = []
+    timed_from, times = run.step, []
     for _ in range(spec["steps"]):
         started = time.perf_counter()
         one_step()
@@ -94,16 +97,32 @@ def main(spec: dict) -> None:
             extra = {"paired_bare_step_s": bare_s, "paired_trainer_step_s": trainer_s,
                      "trainer_overhead_paired": trainer_s / bare_s - 1}
         backbone = list(run.model.backbone.parameters())
+        pad = padding(run, range(timed_from, timed_from + spec["steps"])) if spec["kind"] != "bare" else {}
+        tokens_per_example = (pad["input_tokens_per_example"] if varied and pad else size.seq_len) + size.target_len
         emit({"arm": spec["arm"], "status": "ok", "world_size": dist.world_size,
               "global_batch": run.order.global_batch, "micro_batch": run.micro_batch,
               "backbone_params": sum(distributed.numel(p) for p in backbone),
               "trainable_params": sum(p.numel() for p in run.params),
               "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
-              **combine(per_rank, run.order.global_batch, size.seq_len + size.target_len, run.micro_batch),
-              **extra})
+              **combine(per_rank, run.order.global_batch, tokens_per_example, run.micro_batch, mean=varied),
+              **pad, **extra})
     run.monitor.close()
     distributed.barrier()
     distributed.destroy()
+
+
+def padding(run, steps) -> dict:
+    """Real input tokens per example and the padded share of the encoder positions, over `steps`, all ranks:
+    each micro batch is padded to its longest row (the trainer's dynamic padding)."""
+    world, real, padded, examples = run.dist.world_size, 0, 0, 0
+    for step in steps:
+        rows = run.order.global_indices(step)
+        for rank in range(world):
+            for micro in run.order.micro_batches(step, rank, world, run.micro_batch):
+                lengths = [len(run.train_data.input_ids[rows[i]]) for i in micro]
+                real, padded = real + sum(lengths), padded + max(lengths) * len(lengths)
+                examples += len(lengths)
+    return {"input_tokens_per_example": real / examples, "input_pad_fraction": 1 - real / padded}
 
 
 def trainer_overrides(spec: dict, size: Size) -> list[str]:
@@ -116,6 +135,7 @@ def trainer_overrides(spec: dict, size: Size) -> list[str]:
         f"data.max_source_length={size.seq_len + spec['prompt_length'] + 1}",
         f"data.max_target_length={size.target_len}",
         f"train.activation_checkpointing={str(bool(spec.get('activation_checkpointing'))).lower()}",
+        f"data.group_by_length={spec.get('group_by_length', 0)}",
         *spec.get("overrides", [])]
 
 
