@@ -50,7 +50,7 @@ class StepGuard:
         """Name of the signal this rank received, if any."""
         self.stop_requested = False
         """True on every rank, at the same step, once any rank was signalled (or stop_at was reached)."""
-        self._pending: list[tuple[int, bool, distributed.HostCopy]] = []
+        self._pending: list[tuple[int, distributed.HostCopy]] = []
         self._previous = {}
 
     def install(self) -> None:
@@ -66,14 +66,13 @@ class StepGuard:
         # Only a flag: the handler may interrupt a collective or a save, which must run to its end.
         self.signalled = signal.Signals(signum).name
 
-    def gate(self, step: int, step_loss: torch.Tensor, grads: list[torch.Tensor], judge: bool = True) -> torch.Tensor:
+    def gate(self, step: int, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
         """Called by every rank after the gradients are all-reduced, before the optimiser step.
 
         step_loss: this rank's summed loss of the step (a scalar); `step` is 1-based, as logged. Returns a
         device bool, "apply this update": the loss summed over ranks and every gradient are finite (the
         gradients are identical on every rank after their all-reduce, so their test needs no collective).
-        Reads nothing on the host; `poll` does. judge=False: only the stop flag counts (a DeepSpeed engine
-        has already stepped and handles its own overflows).
+        Reads nothing on the host; `poll` does.
         """
         device = step_loss.device
         flags = torch.stack([step_loss.detach().float().reshape(()),
@@ -82,7 +81,7 @@ class StepGuard:
         ok = torch.isfinite(loss)
         for g in grads:
             ok = ok & torch.isfinite(g).all()
-        self._pending.append((step, judge, distributed.HostCopy(torch.stack([ok.float(), signalled]))))
+        self._pending.append((step, distributed.HostCopy(torch.stack([ok.float(), signalled]))))
         self.stop_requested |= self.stop_at > 0 and step >= self.stop_at
         return ok
 
@@ -90,10 +89,10 @@ class StepGuard:
         """Read the flags of the gated steps before step `before`, in order; call on_skip(step) for each
         skipped one. Raises NonFiniteLoss at the step that makes max_nonfinite in a row."""
         while self._pending and self._pending[0][0] < before:
-            step, judge, flags = self._pending.pop(0)
+            step, flags = self._pending.pop(0)
             ok, signalled = flags.read()
             self.stop_requested |= signalled > 0
-            if ok or not judge:
+            if ok:
                 self.streak = 0
                 continue
             self.skipped += 1

@@ -100,7 +100,7 @@ def train_step(run: Run) -> None:
         run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
                                        accumulate=True)
     if run.engine is not None:  # the engine has stepped; non-finite steps are its own loss scaler's business
-        run.guard.gate(run.step + 1, step_loss, [], judge=False)
+        # No stop agreement either: full fine-tuning cannot resume (checkpoints hold no backbone).
         run.stats["loss_sum"] += step_loss
         run.stats["tokens"] += step_tokens
         return
