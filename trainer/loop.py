@@ -121,19 +121,27 @@ def poll_guard(run: Run) -> None:
     def on_skip(step: int) -> None:
         run.monitor.log({"event": "nonfinite", "step": step, "skipped_total": run.guard.skipped})
 
-    g, every = run.guard, run.cfg.checkpoint.every
+    g = run.guard
     g.poll(run.step, on_skip)
-    if (g.stop_requested or run.step % run.cfg.train.log_every == 0 or run.step == run.cfg.train.max_steps
-            or (every and run.step % every == 0)):
+    if g.stop_requested or log_due(run) or periodic_save_due(run):  # log_due includes the last step
         g.poll(run.step + 1, on_skip)
 
 
+def log_due(run: Run) -> bool:
+    return run.step % run.cfg.train.log_every == 0 or run.step == run.cfg.train.max_steps
+
+
+def periodic_save_due(run: Run) -> bool:
+    every = run.cfg.checkpoint.every
+    return bool(every) and run.step % every == 0
+
+
 def maybe_save(run: Run) -> bool:
-    """Checkpoint every checkpoint.every steps, at the end, and when stopping; True: stop now."""
-    every, stop = run.cfg.checkpoint.every, run.guard.stop_requested
-    due = (every and run.step % every == 0 and not run.guard.streak) or run.step == run.cfg.train.max_steps
-    if due or stop:
-        checkpoint.save(run, "signal" if stop else "end" if run.step == run.cfg.train.max_steps else "periodic")
+    """Checkpoint every checkpoint.every steps (not inside a non-finite streak), at the end, and when
+    stopping; True: stop now."""
+    end, stop = run.step == run.cfg.train.max_steps, run.guard.stop_requested
+    if (periodic_save_due(run) and not run.guard.streak) or end or stop:
+        checkpoint.save(run, "signal" if stop else "end" if end else "periodic")
     return stop
 
 
@@ -145,7 +153,7 @@ def reset_stats(run: Run) -> None:
 
 def maybe_log(run: Run, bar, started: float) -> None:
     """Every train.log_every steps: all-reduce loss and routing counts (every rank's examples count), log."""
-    if run.step % run.cfg.train.log_every and run.step != run.cfg.train.max_steps:
+    if not log_due(run):
         return
     s = run.stats
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
