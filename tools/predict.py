@@ -182,6 +182,7 @@ def run(args) -> int:
     if dist is not None:
         distributed.barrier()
         distributed.destroy()
+        distributed.exit_without_teardown(0)
     return 0
 
 

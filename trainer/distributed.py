@@ -165,6 +165,17 @@ def destroy() -> None:
         mpi.Finalize()
 
 
+def exit_without_teardown(code: int) -> None:
+    """End the process now, after `destroy()` and with every file closed.
+
+    Interpreter teardown after a gloo run aborts now and then in a C++ destructor ("terminate called without
+    an active exception": 1 run in 12 on 2 CPU ranks here), turning a finished run into a failed one.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 # --- ZeRO-3 -------------------------------------------------------------------------------------------
 
 def is_zero3(ds_config: dict) -> bool:

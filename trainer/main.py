@@ -292,10 +292,4 @@ def git_revision() -> str | None:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is written and the process group destroyed by now, yet interpreter teardown after a gloo
-    # run aborts now and then in a C++ destructor ("terminate called without an active exception": 1 run
-    # in 12 on 2 CPU ranks here), turning a finished run into a failed one. Skip the teardown.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    distributed.exit_without_teardown(main())  # everything is written and the process group destroyed
