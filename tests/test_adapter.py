@@ -46,6 +46,26 @@ def test_round_trip_keeps_values_routing_and_config(tmp_path):
     assert not loaded.training
 
 
+def test_centred_router_keeps_its_centre_and_routes_the_same(tmp_path):
+    smop = make_smop(centered=True)
+    with torch.no_grad():
+        smop.router.center.normal_()
+    save_adapter(tmp_path, smop, META)
+    assert json.loads((tmp_path / CONFIG).read_text())["router_input"] == "centered"
+    loaded = load_adapter(tmp_path)
+    assert torch.equal(loaded.router.center, smop.router.center)
+    embeds, mask = torch.randn(16, 7, 32), torch.ones(16, 7, dtype=torch.long)
+    assert torch.equal(smop(embeds, mask)[1].index, loaded(embeds, mask)[1].index)
+
+
+def test_adapter_written_before_centring_loads_as_raw(tmp_path):
+    save_adapter(tmp_path, make_smop(), META)
+    config = json.loads((tmp_path / CONFIG).read_text())
+    assert config.pop("router_input") == "raw"
+    (tmp_path / CONFIG).write_text(json.dumps(config))
+    assert load_adapter(tmp_path).router.center is None
+
+
 def test_bf16_module_is_saved_fp32(tmp_path):
     smop = make_smop().to(torch.bfloat16)
     save_adapter(tmp_path, smop, META)

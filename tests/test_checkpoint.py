@@ -42,7 +42,7 @@ def test_holds_only_what_trains(finished):
     """Prompts and router (not the backbone), optimiser, scheduler and RNG, all readable without pickle."""
     path = finished / "checkpoints" / "step-000005"
     params = load_file(path / "smop.safetensors")
-    assert set(params) == {"prompts", "router.proj.weight"}
+    assert set(params) == {"prompts", "router.proj.weight", "router.center"}  # the centre travels with the router
     assert params["prompts"].shape == (4, 5, 32) and params["prompts"].dtype == torch.float32
     final = load_file(finished / "smop_final.safetensors")
     assert all(torch.equal(params[k], final[k]) for k in params)

@@ -10,8 +10,10 @@ from tests.launch import events, run_trainer
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same global batch of 8 at every step: 1 rank x 2 micro batches of 4, and 2 ranks x 1 x 4."""
-    common = ["model.dropout=0", "train.global_batch_size=8", "train.check_replicas_every=1", "train.max_steps=5"]
+    """The same global batch of 8 at every step: 1 rank x 2 micro batches of 4, and 2 ranks x 1 x 4; the router
+    centred (the default) and in a parameter group of its own."""
+    common = ["model.dropout=0", "train.global_batch_size=8", "train.check_replicas_every=1", "train.max_steps=5",
+              "train.router_lr=0.05"]
     one = tmp_path_factory.mktemp("one")
     two = tmp_path_factory.mktemp("two")
     run_trainer(one, *common, nproc=1)
@@ -27,9 +29,12 @@ def test_two_ranks_match_one_rank(runs):
     assert loss_one == pytest.approx(loss_two, rel=1e-5, abs=1e-6)
     assert loss_one[0] != loss_one[-1]  # the parameters moved: the comparison is not of a frozen state
     final_one, final_two = load_file(one / "smop_final.safetensors"), load_file(two / "smop_final.safetensors")
-    assert final_one.keys() == final_two.keys() == {"prompts", "router.proj.weight"}
+    assert final_one.keys() == final_two.keys() == {"prompts", "router.proj.weight", "router.center"}
     for name in final_one:
         torch.testing.assert_close(final_one[name], final_two[name], rtol=1e-5, atol=1e-6)
+    # The centre is estimated before step 0 from the data alone: the same vector on 1 and 2 ranks, not zero.
+    assert torch.equal(final_one["router.center"], final_two["router.center"])
+    assert final_one["router.center"].norm() > 0
 
 
 def test_smop_parameters_replicated_fp32_identical_every_step(runs):

@@ -8,6 +8,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tests.launch import REPO, events, run_trainer
+from trainer.distributed import free_port
 from trainer.tokenizer import train_tokenizer
 
 
@@ -37,16 +38,19 @@ def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
 
 
 def test_logged_routing_counts_are_the_sum_of_every_rank(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
-           str(REPO / "tests/probes/routing_counts.py"), str(tmp_path)]
+    """Clean (routing_*) and noisy (noisy_routing_*) fractions are each the sum of every rank's counts."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(REPO / "tests/probes/routing_counts.py"), str(tmp_path), "prompt.router_input=raw"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    per_rank = [torch.tensor(json.loads((tmp_path / f"counts-rank{r}.json").read_text())) for r in range(2)]
-    assert all(c.sum() == 3 * 4 for c in per_rank)  # each rank routed its own 3 steps x 4 examples
-    total = (per_rank[0] + per_rank[1]).sum(0).double()
-    logged = events(tmp_path, "train")[-1]["routing_fraction"]
-    torch.testing.assert_close(torch.tensor(logged, dtype=torch.float64), total / total.sum())
+    per_rank = [json.loads((tmp_path / f"counts-rank{r}.json").read_text()) for r in range(2)]
+    logged = events(tmp_path, "train")[-1]
+    for key, prefix in (("clean_counts", "routing_"), ("counts", "noisy_routing_")):
+        counts = [torch.tensor(c[key]) for c in per_rank]
+        assert all(c.sum() == 3 * 4 for c in counts)  # each rank routed its own 3 steps x 4 examples
+        total = (counts[0] + counts[1]).sum(0).double()
+        torch.testing.assert_close(torch.tensor(logged[prefix + "fraction"], dtype=torch.float64), total / total.sum())
 
 
 def test_local_save_pretrained_backbone_and_tokenizer_dir(tmp_path):

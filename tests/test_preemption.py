@@ -9,7 +9,7 @@ import pytest
 
 from tests.launch import events, run_trainer, start_trainer, wait_for_step, worker_pids
 from trainer.checkpoint import verify
-from trainer.guard import EXIT_NONFINITE, EXIT_REQUEUE
+from trainer.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE
 
 LONG = ["train.max_steps=20", "checkpoint.every=5"]
 
@@ -111,3 +111,24 @@ def test_nonfinite_read_late_gives_the_same_decisions(tmp_path):
     assert [e["step"] for e in events(out, "nonfinite")] == [3, 4]
     assert [e["step"] for e in events(out, "train")] == [4]
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000002"]
+
+
+def test_routing_collapse_warns_once_and_stop_on_collapse_saves_and_exits_5(tmp_path):
+    """The raw (paper's) router on the RTE smoke data sends every clean choice to one prompt within a few
+    steps at lr 0.3; the detector warns once, and with monitor.stop_on_collapse the run stops saved."""
+    common = ["prompt.router_input=raw", "train.max_steps=12", "train.warmup_ratio=0", "monitor.collapse_entropy=0.2",
+              "monitor.collapse_patience=2", "train.micro_batch_size=8"]
+    watch, stop = tmp_path / "watch", tmp_path / "stop"
+    proc = run_trainer(watch, *common)
+    collapses = events(watch, "routing_collapse")
+    assert len(collapses) == 1 and collapses[0]["routing_entropy"] < 0.2, [e["routing_entropy"] for e in events(watch, "train")]
+    step = collapses[0]["step"]
+    train = {e["step"]: e["routing_entropy"] for e in events(watch, "train")}
+    assert train[step] < 0.2 and train[step - 1] < 0.2 and max(train) == 12  # the run went on to the end
+    assert proc.stdout.count("routing collapsed") + proc.stderr.count("routing collapsed") == 1
+    proc = run_trainer(stop, *common, "monitor.stop_on_collapse=true", check=False)
+    assert proc.returncode == EXIT_COLLAPSE, proc.stderr[-2000:]
+    assert "routing collapsed (monitor.stop_on_collapse)" in proc.stderr
+    assert max(e["step"] for e in events(stop, "train")) == step
+    meta = verify(stop / "checkpoints" / f"step-{step:06d}")
+    assert meta["reason"] == "collapse" and (stop / "checkpoints" / "latest").read_text() == f"step-{step:06d}\n"

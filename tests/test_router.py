@@ -119,3 +119,38 @@ def test_balance_loss_is_switch_formula():
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown routing variant 'nope'"):
         Router(8, 4, "nope")
+
+
+def test_clean_choice_is_the_noise_free_arg_max_and_differs_under_noise():
+    router, x = make(), torch.randn(256, 16)
+    noisy = router.train(True)(x, torch.randn(256, 4))
+    assert torch.equal(noisy.clean_index, (x @ router.proj.weight.t()).argmax(-1))
+    assert (noisy.clean_index != noisy.index).any()  # sigma = 1 flips many training choices
+    clean = router.train(False)(x)
+    assert torch.equal(clean.index, clean.clean_index) and torch.equal(clean.clean_index, noisy.clean_index)
+
+
+def test_centred_router_subtracts_its_centre_and_saves_it():
+    router, raw, x = make(centered=True), make(), torch.randn(8, 16) + 5.0
+    assert raw.center is None and "center" not in raw.state_dict()
+    assert torch.equal(router.proj.weight, raw.proj.weight)  # same seed: only the centre differs
+    with torch.no_grad():
+        router.center.copy_(torch.full((16,), 5.0))
+    out = router.train(False)(x)
+    torch.testing.assert_close(out.probs, ((x - 5.0) @ router.proj.weight.t()).softmax(-1))
+    assert torch.equal(router.state_dict()["center"], torch.full((16,), 5.0))
+
+
+def test_a_shared_direction_collapses_raw_routing_and_centring_restores_it():
+    """method.md's diagnosis on constructed inputs: a large common direction makes one prompt win for
+    every input under the raw router; the same router reading centred inputs uses every prompt."""
+    torch.manual_seed(1)
+    common, spread = torch.randn(16) * 10, torch.randn(512, 16)
+    x = common + spread
+    raw, centred = make(), make(centered=True)
+    with torch.no_grad():
+        centred.center.copy_(x.mean(0))
+    raw_use = torch.bincount(raw.train(False)(x).index, minlength=4)
+    centred_use = torch.bincount(centred.train(False)(x).index, minlength=4)
+    assert raw_use.max() > 0.9 * len(x)
+    assert (centred_use > 0.1 * len(x)).all()

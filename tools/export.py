@@ -23,6 +23,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tools.run_files import backbone_config, read_run, run_tokenizer  # noqa: E402
 from trainer.adapter import adapter_meta, save_adapter  # noqa: E402
+from trainer.config import RouterInput  # noqa: E402
 from trainer.smop import SMoP  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def export(run_dir, out=None, checkpoint: str | None = None) -> Path:
     config = backbone_config(cfg, len(tokenizer))
     p = cfg.prompt
     smop = SMoP(config.d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k, p.noise_scale,
-                p.gumbel_temperature, p.balance_coef)
+                p.gumbel_temperature, p.balance_coef, centered=p.router_input == RouterInput.CENTERED)
     path = find_weights(run_dir, checkpoint)
     try:
         tensors = load_file(str(path))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
 
-from trainer.config import RunConfig, load_config
+from trainer.config import RunConfig, load_config, model_location
 from trainer.tokenizer import load_tokenizer
 
 # trainer.backbone and trainer.distributed import DeepSpeed; only the 'tiny' replay needs them, so they are
@@ -53,7 +53,8 @@ def backbone_config(cfg: RunConfig, vocab_size: int):
 
         return tiny_t5_config(cfg.model, vocab_size)
     try:
-        return AutoConfig.from_pretrained(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        return AutoConfig.from_pretrained(model_location(cfg.model.name_or_path),
+                                          trust_remote_code=cfg.model.trust_remote_code)
     except OSError as e:
         raise ValueError(f"model.name_or_path: cannot load config of '{cfg.model.name_or_path}' "
                          f"({str(e).splitlines()[0]})") from None
@@ -66,7 +67,7 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, run_cfg
         if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
             raise ValueError(f"--backbone: no such directory '{name_or_path}'")
         try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=dtype)
+            model = AutoModelForSeq2SeqLM.from_pretrained(model_location(name_or_path), dtype=dtype)
         except OSError as e:
             raise ValueError(f"--backbone: cannot load '{name_or_path}' ({str(e).splitlines()[0]})") from None
         return model.requires_grad_(False).eval()

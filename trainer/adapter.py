@@ -1,8 +1,10 @@
 """The exported SMoP adapter: a small directory that loads on one device, with no DeepSpeed.
 
     adapter/
-      adapter.safetensors   prompts (k, l, d) and router.proj.weight (k, d), fp32
-      adapter_config.json   method, k, l, d, routing, top_k, noise_scale, ..., backbone name and config hash,
+      adapter.safetensors   prompts (k, l, d), router.proj.weight (k, d) and, for a centred router,
+                            router.center (d,), fp32
+      adapter_config.json   method, k, l, d, routing, top_k, noise_scale, ..., router_input, backbone name and
+                            config hash,
                             tokenizer, task
       tokenizer/            only when the run trained its own tokenizer (the 'tiny' backbone)
 
@@ -66,7 +68,8 @@ def save_adapter(directory, smop: SMoP, meta: dict, tokenizer=None) -> Path:
               "top_k": router.top_k if router is not None else 1,
               "noise_scale": router.noise_scale if router is not None else 0.0,
               "gumbel_temperature": router.temperature if router is not None else 1.0,
-              "balance_coef": router.balance_coef if router is not None else 0.0}
+              "balance_coef": router.balance_coef if router is not None else 0.0,
+              "router_input": "centered" if router is not None and router.center is not None else "raw"}
     if not meta.get("tokenizer") and tokenizer is not None:
         tokenizer.save_pretrained(str(out / "tokenizer"))
         config["tokenizer"] = "tokenizer"  # relative to the adapter directory
@@ -107,7 +110,8 @@ def load_adapter(directory, backbone_config=None) -> SMoP:
         raise ValueError(f"adapter '{directory}': cannot read {WEIGHTS} ({e})".splitlines()[0]) from None
     routing = config["routing"] if config["routing"] != "none" else "smop"
     smop = SMoP(config["d_model"], config["num_prompts"], config["prompt_length"], routing, config["top_k"],
-                config["noise_scale"], config["gumbel_temperature"], config["balance_coef"])
+                config["noise_scale"], config["gumbel_temperature"], config["balance_coef"],
+                centered=config.get("router_input", "raw") == "centered")  # adapters before centring: raw
     expected = {name: tuple(t.shape) for name, t in smop.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, model_location
 from trainer.distributed import zero3_construction
 
 
@@ -28,7 +28,7 @@ def build_backbone(cfg: ModelConfig, vocab_size: int, ds_config: dict, dtype: to
         else:
             try:
                 model = AutoModelForSeq2SeqLM.from_pretrained(
-                    cfg.name_or_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+                    model_location(cfg.name_or_path), dtype=dtype, trust_remote_code=cfg.trust_remote_code)
             except OSError as e:
                 raise ValueError(f"model.name_or_path: cannot load '{cfg.name_or_path}' "
                                  f"({str(e).splitlines()[0]})") from None

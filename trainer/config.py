@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_DATA_DIR = REPO_ROOT / "trainer" / "assets" / "superglue_tiny"
+EMBEDDED_DATA_DIR = REPO_ROOT / "trainer" / "assets" / "data"
+SHIPPED_MODELS = {"tiny-pretrained": REPO_ROOT / "trainer" / "assets" / "tiny-pretrained"}
+"""Backbones that ship with the trainer, by name (tools/pretrain_tiny.py regenerates tiny-pretrained)."""
 
 
 class Method(str, enum.Enum):
@@ -39,6 +41,11 @@ class Routing(str, enum.Enum):
     DENSE = "dense"
     GUMBEL = "gumbel"
     RANDOM = "random"
+
+
+class RouterInput(str, enum.Enum):
+    CENTERED = "centered"
+    RAW = "raw"
 
 
 class PromptInit(str, enum.Enum):
@@ -95,8 +102,10 @@ class TinyT5Config:
 class ModelConfig:
     """The frozen backbone."""
 
-    name_or_path: str = "tiny"
-    """'tiny': a random T5 from `model.tiny`; else a hub name (google/t5-xl-lm-adapt) or a save_pretrained dir."""
+    name_or_path: str = "tiny-pretrained"
+    """'tiny-pretrained': the small T5 shipped in trainer/assets/tiny-pretrained (pretrained offline on a
+    synthetic language by tools/pretrain_tiny.py); 'tiny': a random T5 from `model.tiny`; else a hub name
+    (google/t5-xl-lm-adapt) or a save_pretrained dir."""
     tokenizer: str = ""
     """Tokenizer name or dir. Empty: the model's own; for 'tiny', a sentencepiece model trained on the data."""
     tiny: TinyT5Config = field(default_factory=TinyT5Config)
@@ -128,6 +137,12 @@ class PromptConfig:
     """Temperature of the 'gumbel' variant."""
     balance_coef: float = 0.0
     """alpha of the Switch-style load-balancing loss; > 0 turns on the '+balance' variant (paper: 0.01)."""
+    router_input: RouterInput = RouterInput.CENTERED
+    """What the router reads: 'centered' (the mean input embedding minus its mean over training examples,
+    estimated before step 0 and saved with the router) or 'raw' (the paper's: the mean input embedding as
+    it is). See README "Routing that mixes" for why centered is the default."""
+    router_center_examples: int = 4096
+    """router_input=centered: training examples (evenly spaced over the training set) averaged for the centre."""
     init: PromptInit = PromptInit.NORMAL
     """Prompt init: normal N(0,1) (official code), uniform U[-0.5,0.5], vocab (sampled token embeddings), text."""
     init_text: str = ""
@@ -150,11 +165,13 @@ class PromptConfig:
 class DataConfig:
     """Where examples come from and how they are cut."""
 
-    task: str = "rte"
-    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc) or 'jsonl'; comma-separated
-    names (rte,cb) train one prompt bank on a mixture of tasks, sampled as data.mixing says."""
+    task: str = "jsonl:copy,jsonl:reverse,jsonl:sort,jsonl:count"
+    """SuperGLUE task name (boolq, cb, copa, multirc, record, rte, wic, wsc), 'jsonl' (data_dir/*.jsonl with
+    input/target/idx) or 'jsonl:NAME' (data_dir/NAME/*.jsonl); comma-separated names (rte,cb) train one
+    prompt bank on a mixture of tasks, sampled as data.mixing says. Default: the embedded synthetic mixture."""
     data_dir: str = ""
-    """Directory in the official layout (RTE/train.jsonl, RTE/val.jsonl); empty: the embedded tiny data."""
+    """Directory in the official layout (RTE/train.jsonl, RTE/val.jsonl); empty: the embedded data
+    (trainer/assets/data: RTE and the copy/reverse/sort/count mixture)."""
     source: DataSource = DataSource.LOCAL
     """'local' reads data_dir; 'hub' calls datasets.load_dataset('super_glue', task)."""
     splits: Splits = Splits.OFFICIAL
@@ -219,6 +236,24 @@ class TrainConfig:
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
     max_nonfinite: int = 5
     """A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run."""
+    router_lr: float = 0.0
+    """Peak learning rate of the router (its own parameter group, same schedule); 0: train.lr."""
+
+
+@dataclass
+class MonitorConfig:
+    """Watching a run: routing collapse and pictures."""
+
+    collapse_entropy: float = 0.25
+    """The clean routing counts as collapsed while its normalised entropy (1 = balanced, 0 = one prompt)
+    is below this; 0 turns the detector off."""
+    collapse_patience: int = 3
+    """Train log events in a row with collapsed clean routing before the warning and the routing_collapse
+    event."""
+    stop_on_collapse: bool = False
+    """Stop the run when collapse is declared: checkpoint saved, exit code 5."""
+    plots: bool = True
+    """Rank 0 draws the run's pictures (output_dir/plots/*.png, and TensorBoard images) at the end."""
 
 
 class EvalMode(str, enum.Enum):
@@ -275,6 +310,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
@@ -306,7 +342,9 @@ def validate(cfg: RunConfig) -> None:
                 "train.max_steps": t.max_steps, "train.micro_batch_size": t.micro_batch_size,
                 "train.grad_accum_steps": t.grad_accum_steps, "train.log_every": t.log_every,
                 "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens,
-                "checkpoint.keep": cfg.checkpoint.keep, "train.max_nonfinite": t.max_nonfinite}
+                "checkpoint.keep": cfg.checkpoint.keep, "train.max_nonfinite": t.max_nonfinite,
+                "monitor.collapse_patience": cfg.monitor.collapse_patience,
+                "prompt.router_center_examples": p.router_center_examples}
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}={value}: must be at least 1")
@@ -336,15 +374,23 @@ def validate(cfg: RunConfig) -> None:
             raise ValueError(f"{key}: no such directory '{name}'")
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
+    if not 0 <= cfg.monitor.collapse_entropy < 1:
+        raise ValueError(f"monitor.collapse_entropy={cfg.monitor.collapse_entropy}: must lie in [0, 1)")
     if not cfg.collective_timeout_s > 0:
         raise ValueError(f"collective_timeout_s={cfg.collective_timeout_s}: must be positive")
     if not cfg.checkpoint.resume.strip():
         raise ValueError("checkpoint.resume: empty; use auto, fresh, latest or a checkpoint name")
     for key, value in {"checkpoint.every": cfg.checkpoint.every, "checkpoint.stop_at": cfg.checkpoint.stop_at,
                        "prompt.init_scale": p.init_scale, "train.lr": t.lr, "prompt.noise_scale": p.noise_scale,
-                       "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm}.items():
+                       "prompt.balance_coef": p.balance_coef, "train.max_grad_norm": t.max_grad_norm,
+                       "train.router_lr": t.router_lr}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
+
+
+def model_location(name: str) -> str:
+    """Where from_pretrained looks for model (or tokenizer) `name`: a shipped model's folder, else `name`."""
+    return str(SHIPPED_MODELS[name]) if name in SHIPPED_MODELS else name
 
 
 def prompt_positions(p: PromptConfig) -> int:

@@ -24,6 +24,8 @@ EXIT_REQUEUE = 3
 """Stopped by SIGUSR1/SIGTERM or checkpoint.stop_at after saving a checkpoint: requeue the same command."""
 EXIT_NONFINITE = 4
 """train.max_nonfinite non-finite steps in a row; the last checkpoint is the last good state."""
+EXIT_COLLAPSE = 5
+"""monitor.stop_on_collapse: the clean routing collapsed onto one prompt; a checkpoint was saved."""
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -14,7 +14,7 @@ from trainer.distributed import Dist
 from trainer.evaluation import evaluate
 from trainer.guard import StepGuard
 from trainer.model import PromptedT5
-from trainer.monitor import Monitor, routing_summary
+from trainer.monitor import CollapseDetector, Monitor, routing_summary
 from trainer.optim import masked_step
 
 
@@ -46,6 +46,10 @@ class Run:
     test_data: Encoded | None = None
     """Evaluated once after training (data.splits=paper); None otherwise."""
     test_split: str = "test"
+    collapse: CollapseDetector | None = None
+    """Watches the clean routing of routed methods (None: nothing routed to watch)."""
+    collapsed: bool = False
+    """Set on every rank at the same step when collapse is declared and monitor.stop_on_collapse is on."""
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -97,8 +101,10 @@ def train_step(run: Run) -> None:
             (loss_sum / tokens + aux).backward()
         step_loss += loss_sum.detach()
         step_tokens += n_tokens
-        run.stats["counts"].index_put_((batch["task_ids"], routing.index), torch.ones_like(routing.index),
-                                       accumulate=True)
+        # What the training forward used (noisy) and what evaluation would pick (clean), side by side: the
+        # noise flips many choices, so only the clean counts show whether the router itself has collapsed.
+        for key, index in (("counts", routing.index), ("clean_counts", routing.clean_index)):
+            run.stats[key].index_put_((batch["task_ids"], index), torch.ones_like(index), accumulate=True)
     if run.engine is not None:  # the engine has stepped; non-finite steps are its own loss scaler's business
         # No stop agreement either: full fine-tuning cannot resume (checkpoints hold no backbone).
         run.stats["loss_sum"] += step_loss
@@ -139,31 +145,57 @@ def periodic_save_due(run: Run) -> bool:
 def maybe_save(run: Run) -> bool:
     """Checkpoint every checkpoint.every steps (not inside a non-finite streak), at the end, and when
     stopping; True: stop now."""
-    end, stop = run.step == run.cfg.train.max_steps, run.guard.stop_requested
+    end, stop = run.step == run.cfg.train.max_steps, run.guard.stop_requested or run.collapsed
     if (periodic_save_due(run) and not run.guard.streak) or end or stop:
-        checkpoint.save(run, "signal" if stop else "end" if end else "periodic")
+        reason = "collapse" if run.collapsed else "signal" if stop else "end" if end else "periodic"
+        checkpoint.save(run, reason)
     return stop
 
 
 def reset_stats(run: Run) -> None:
     device, k = run.dist.device, run.model.smop.num_prompts
     run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device), "lr": 0.0,
-                 "counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device)}
+                 "counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device),
+                 "clean_counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device)}
 
 
 def maybe_log(run: Run, bar, started: float) -> None:
-    """Every train.log_every steps: all-reduce loss and routing counts (every rank's examples count), log."""
+    """Every train.log_every steps: all-reduce loss and routing counts (every rank's examples count), log.
+
+    routing_* is the clean routing (the logits without training noise: what evaluation and prediction do);
+    noisy_routing_* is what the training forward used. The progress bar's balance is the clean one."""
     if not log_due(run):
         return
     s = run.stats
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
-    counts = distributed.all_reduce_sum(s["counts"].clone())
+    counts = distributed.all_reduce_sum(torch.stack([s["clean_counts"], s["counts"]])).cpu()
     loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
     event = {"event": "train", "step": run.step, "loss": loss, "lr": s["lr"],
-             "elapsed_s": round(time.time() - started, 2), **routing_summary(counts.cpu(), run.task_names)}
+             "elapsed_s": round(time.time() - started, 2), **routing_summary(counts[0], run.task_names)}
+    if counts.shape[-1] > 1:
+        event.update(routing_summary(counts[1], run.task_names, prefix="noisy_routing_"))
     run.monitor.log(event)
     bar.set_postfix(loss=f"{loss:.4f}", balance=f"{event['routing_entropy']:.2f}")
     reset_stats(run)
+    watch_collapse(run, event)
+
+
+def watch_collapse(run: Run, event: dict) -> None:
+    """Warn once (rank 0) and log `routing_collapse` when the clean routing stays collapsed; with
+    monitor.stop_on_collapse, stop after this step (every rank sees the same all-reduced entropy)."""
+    if run.collapse is None or not run.collapse.update(event["routing_entropy"]):
+        return
+    m = run.cfg.monitor
+    fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
+    run.monitor.log({"event": "routing_collapse", "step": run.step, "routing_entropy": event["routing_entropy"],
+                     "routing_fraction": event["routing_fraction"], "threshold": m.collapse_entropy,
+                     "patience": m.collapse_patience})
+    if run.dist.is_main:
+        tqdm.write(f"warning: step {run.step}: routing collapsed: clean routing entropy "
+                   f"{event['routing_entropy']:.3f} < monitor.collapse_entropy={m.collapse_entropy} for "
+                   f"{m.collapse_patience} log events (fractions [{fractions}]); see README 'Routing that mixes'"
+                   + ("; stopping (monitor.stop_on_collapse)" if m.stop_on_collapse else ""))
+    run.collapsed = m.stop_on_collapse
 
 
 def maybe_check_replicas(run: Run) -> None:

@@ -23,16 +23,18 @@ from safetensors.torch import save_file  # noqa: E402
 from trainer import distributed, resume  # noqa: E402
 from trainer.adapter import adapter_meta, save_adapter  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
-from trainer.config import REPO_ROOT, Method, PromptInit, RunConfig, load_config, prompt_positions, to_dict  # noqa: E402,E501
+from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInput, RunConfig, load_config,  # noqa: E402
+                            prompt_positions, to_dict)
 from trainer.data import encode, task_names  # noqa: E402
-from trainer.guard import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss  # noqa: E402
+from trainer.centering import estimate_center  # noqa: E402
+from trainer.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss  # noqa: E402
 from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
 from trainer.evaluation import evaluate  # noqa: E402
 from trainer.loop import Run, train  # noqa: E402
 from trainer.iapt import IAPT  # noqa: E402
 from trainer.mixture import build_order  # noqa: E402
 from trainer.model import NoPrompt, PromptedT5  # noqa: E402
-from trainer.monitor import Monitor  # noqa: E402
+from trainer.monitor import CollapseDetector, Monitor  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
 from trainer.ptuning import PromptEncoder  # noqa: E402
 from trainer.smop import SMoP, init_prompts  # noqa: E402
@@ -105,6 +107,10 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
         return _close(run, EXIT_NONFINITE), {}
     finally:
         run.guard.uninstall()
+    if run.collapsed:
+        print(f"rank {run.dist.rank}: stopped after step {run.step}: routing collapsed (monitor.stop_on_collapse); "
+              f"checkpoint saved; exit code {EXIT_COLLAPSE}", file=sys.stderr)
+        return _close(run, EXIT_COLLAPSE), result
     if run.step < run.cfg.train.max_steps:
         g = run.guard
         why = (f"signal {g.signalled}" if g.signalled else f"checkpoint.stop_at={g.stop_at}"
@@ -142,12 +148,19 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
         encode(s.examples, s.task_ids, tokenizer, d.max_source_length, prompt_positions(p), d.max_target_length)
         if s is not None else None for s in (splits.train, splits.eval, splits.test))
     backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device)
+    router = getattr(smop, "router", None)
+    if router is not None and router.center is not None:  # resume then overwrites it with the saved (same) one
+        router.center.copy_(estimate_center(backbone.get_input_embeddings(), train_data, tokenizer.pad_token_id,
+                                            dist.rank, dist.world_size, dist.device, p.router_center_examples))
+    m = cfg.monitor
+    watched = router is not None and router.proj is not None and m.collapse_entropy > 0
     return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
                scheduler=scheduler, train_data=train_data, eval_data=eval_data,
                order=build_order(d, train_data, len(task_names(d)), global_batch, cfg.seed),
                micro_batch=micro, accum_steps=accum, tokenizer=tokenizer,
                monitor=Monitor(cfg.output_dir, dist.is_main), task_names=task_names(d),
-               eval_split=splits.eval.name, test_data=test_data, engine=engine)
+               eval_split=splits.eval.name, test_data=test_data, engine=engine,
+               collapse=CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None)
 
 
 def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
@@ -173,7 +186,9 @@ def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
         smop = build_smop(cfg, backbone, tokenizer)
     smop.to(device)
     distributed.broadcast_params(list(smop.parameters()))
-    optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], t)
+    router = getattr(smop, "router", None)
+    optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], t,
+                                list(router.parameters()) if router is not None else [])
     return backbone, smop, optimizer, build_scheduler(optimizer, t), None
 
 
@@ -194,7 +209,8 @@ def build_smop(cfg: RunConfig, backbone, tokenizer) -> SMoP:
     d_model = backbone.config.d_model
     encoder = PromptEncoder(d_model, p.ptuning_hidden, p.ptuning_encoder.value) if p.method == Method.PTUNING else None
     smop = SMoP(d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k,
-                p.noise_scale, p.gumbel_temperature, p.balance_coef, encoder)
+                p.noise_scale, p.gumbel_temperature, p.balance_coef, encoder,
+                centered=p.router_input == RouterInput.CENTERED)
     gen = torch.Generator().manual_seed(cfg.seed)
     ids = None
     if p.init == PromptInit.VOCAB:
@@ -275,6 +291,12 @@ def print_result(event: dict) -> None:
           + f" ({event['split']} split)")
     print(f"routing: fractions [{fractions}], normalised entropy {event['routing_entropy']:.3f}, "
           f"cv {event['routing_cv']:.3f}")
+    table = event.get("routing_table")
+    if table and len(event["routing_fraction"]) > 1:  # mixtures: where each task's examples went
+        width = max(len(name) for name in table)
+        print(f"  {'share of task sent to':<{width}}  " + "  ".join(f"prompt {j}" for j in range(len(event["routing_fraction"]))))
+        for name, shares in table.items():
+            print(f"  {name:<{width}}  " + "  ".join(f"{s:8.2f}" for s in shares))
 
 
 def _resolve(path: str) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 
-def routing_summary(counts: torch.Tensor, task_names: list[str]) -> dict:
-    """Load-balance figures from all-reduced routing counts (num_tasks, k).
+def routing_summary(counts: torch.Tensor, task_names: list[str], prefix: str = "routing_") -> dict:
+    """Load-balance figures from all-reduced routing counts (num_tasks, k), keys starting with `prefix`.
 
     routing_fraction: share of examples per prompt (sums to 1); routing_entropy: its entropy divided by
     log k (1 = perfectly balanced); routing_cv: coefficient of variation of the per-prompt counts;
@@ -24,13 +24,36 @@ def routing_summary(counts: torch.Tensor, task_names: list[str]) -> dict:
     fraction = (totals / max(n, 1.0)).tolist()
     entropy = 0.0 - sum(f * math.log(f) for f in fraction if f > 0)  # 0.0 - : never print -0.000
     mean = totals.mean()
-    out = {"routing_fraction": fraction,
-           "routing_entropy": entropy / math.log(k) if k > 1 else 1.0,
-           "routing_cv": float(totals.std(unbiased=False) / mean) if mean > 0 else 0.0}
+    out = {f"{prefix}fraction": fraction,
+           f"{prefix}entropy": entropy / math.log(k) if k > 1 else 1.0,
+           f"{prefix}cv": float(totals.std(unbiased=False) / mean) if mean > 0 else 0.0}
     if counts.shape[0] > 1:
         rows = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)
-        out["routing_table"] = {name: row.tolist() for name, row in zip(task_names, rows)}
+        out[f"{prefix}table"] = {name: row.tolist() for name, row in zip(task_names, rows)}
     return out
+
+
+class CollapseDetector:
+    """Declares routing collapse once: the clean routing's normalised entropy below `threshold` for
+    `patience` log events in a row. Every rank feeds it the same all-reduced entropy, so every rank
+    declares it at the same step without a collective of its own.
+
+    Args:
+        threshold: normalised entropy below which a log event counts as collapsed (0: never).
+        patience: collapsed log events in a row that declare collapse.
+    """
+
+    def __init__(self, threshold: float, patience: int):
+        self.threshold, self.patience = threshold, patience
+        self.streak, self.declared = 0, False
+
+    def update(self, entropy: float) -> bool:
+        """True at the one log event where collapse is declared."""
+        self.streak = self.streak + 1 if entropy < self.threshold else 0
+        if self.declared or self.streak < self.patience:
+            return False
+        self.declared = True
+        return True
 
 
 class Monitor:
@@ -52,9 +75,13 @@ class Monitor:
         for key, value in event.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
-            elif key == "routing_fraction":
+            elif key.endswith("routing_fraction"):  # clean and noisy: one scalar per prompt
                 for i, f in enumerate(value):
-                    self.writer.add_scalar(f"{kind}/routing_fraction/{i}", f, step)
+                    self.writer.add_scalar(f"{kind}/{key}/{i}", f, step)
+            elif key.endswith("routing_table"):
+                for task, shares in value.items():
+                    for i, f in enumerate(shares):
+                        self.writer.add_scalar(f"{kind}/{key}/{task}/{i}", f, step)
 
     def close(self) -> None:
         if self.enabled:

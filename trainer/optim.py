@@ -7,18 +7,25 @@ from transformers.optimization import Adafactor
 from trainer.config import OptimizerName, Schedule, TrainConfig
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig,
+                    router: list[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
     """AdamW, or Adafactor as the SMoP and prompt-tuning papers ran it.
 
     The parameters are the real tensors (the [k, l, d] prompt bank, the [k, d] router), not flat ZeRO
     shards, so Adafactor's factored second moment and per-tensor update clipping mean what they should.
+    `router` (a subset of params) gets a parameter group of its own at train.router_lr when that is set;
+    the schedule scales both groups alike.
     """
+    groups = params
+    if cfg.router_lr > 0 and router:
+        mine = {id(p) for p in router}
+        groups = [{"params": [p for p in params if id(p) not in mine]}, {"params": list(router), "lr": cfg.router_lr}]
     if cfg.optimizer == OptimizerName.ADAFACTOR:
-        return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
+        return Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     # fused keeps AdamW's step counter on the GPU, so masked_step can undo a step without the host.
     fused = params[0].device.type == "cuda" or None
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 @torch.no_grad()

@@ -25,18 +25,21 @@ class Routing:
     probs:   (batch, k) fp32 router probabilities (uniform for 'random').
     index:   (batch,) the prompt each example counts as routed to (its largest weight).
     aux_loss: scalar load-balancing loss (0 unless balance_coef > 0).
+    clean_index: (batch,) the prompt the same logits pick without the training noise: the choice evaluation
+        and prediction would make. Equal to `index` at evaluation and for noise-free variants.
     """
 
     weights: torch.Tensor
     probs: torch.Tensor
     index: torch.Tensor
     aux_loss: torch.Tensor
+    clean_index: torch.Tensor
 
 
 def single_prompt(batch: int, device) -> Routing:
     """The routing of a method with one prompt and no router: every example gets it with weight 1."""
-    ones = torch.ones(batch, 1, device=device)
-    return Routing(ones, ones, torch.zeros(batch, dtype=torch.long, device=device), torch.zeros((), device=device))
+    ones, first = torch.ones(batch, 1, device=device), torch.zeros(batch, dtype=torch.long, device=device)
+    return Routing(ones, ones, first, torch.zeros((), device=device), first)
 
 
 class Router(nn.Module):
@@ -50,13 +53,20 @@ class Router(nn.Module):
         noise_scale: sigma of 'smop''s multiplicative logit noise, training only.
         gumbel_temperature: temperature of 'gumbel'.
         balance_coef: alpha of the Switch-style balance loss (0 disables).
+        centered: subtract a fixed vector `center` (d_model,) from the input before the projection. The mean
+            input embedding of every example shares one large direction (embedding anisotropy), so raw
+            logits differ more between prompts than between examples and one prompt can win everywhere from
+            initialisation on; with the training-set mean removed, the logits see what tells inputs apart.
+            `center` is a buffer: set once before training (trainer/centering.py) and saved with the router,
+            so evaluation, resume and adapters route exactly as training did. False: the paper's router.
 
     Input shape: pooled (batch, d_model); noise (batch, k) standard normal or None (drawn here).
     Output: `Routing` with (batch, k) weights.
     """
 
     def __init__(self, d_model: int, num_prompts: int, variant: str = "smop", top_k: int = 2,
-                 noise_scale: float = 1.0, gumbel_temperature: float = 1.0, balance_coef: float = 0.0):
+                 noise_scale: float = 1.0, gumbel_temperature: float = 1.0, balance_coef: float = 0.0,
+                 centered: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown routing variant '{variant}'; known: {', '.join(VARIANTS)}")
@@ -67,6 +77,8 @@ class Router(nn.Module):
         if variant != "random":
             self.proj = nn.Linear(d_model, num_prompts, bias=False, dtype=torch.float32)
             nn.init.orthogonal_(self.proj.weight)
+        centered = centered and self.proj is not None
+        self.register_buffer("center", torch.zeros(d_model, dtype=torch.float32) if centered else None)
 
     def forward(self, pooled: torch.Tensor, noise: torch.Tensor | None = None) -> Routing:
         batch, k = pooled.shape[0], self.num_prompts
@@ -76,7 +88,9 @@ class Router(nn.Module):
             return self._random(batch, noise, pooled.device)
 
         # Logits, noise, softmax and arg-max in fp32: bf16 ties would flip the arg-max.
-        logits = pooled.float() @ self.proj.weight.t()  # (batch, k)
+        pooled = pooled.float() if self.center is None else pooled.float() - self.center
+        logits = pooled @ self.proj.weight.t()  # (batch, k)
+        clean_index = logits.argmax(-1)
         if self.training and self.variant == "smop" and self.noise_scale > 0:
             # Official SMoP noise: relative to each logit, gradient through the clean logits only.
             logits = logits + self.noise_scale * noise * logits.detach()
@@ -92,7 +106,7 @@ class Router(nn.Module):
         else:  # gumbel
             weights = self._gumbel(logits, noise)
         index = weights.argmax(-1)
-        return Routing(weights, probs, index, self._balance_loss(probs, index))
+        return Routing(weights, probs, index, self._balance_loss(probs, index), clean_index)
 
     def _gumbel(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         hard = F.one_hot(logits.argmax(-1), self.num_prompts).float()
@@ -113,7 +127,9 @@ class Router(nn.Module):
             weights = F.one_hot(index, k).float()
         else:
             weights, index = probs, torch.zeros(batch, dtype=torch.long, device=device)
-        return Routing(weights, probs, index, torch.zeros((), device=device))
+        # Without noise 'random' mixes all prompts (what evaluation does), counted as prompt 0 like there.
+        return Routing(weights, probs, index, torch.zeros((), device=device),
+                       torch.zeros(batch, dtype=torch.long, device=device))
 
     def _balance_loss(self, probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Switch Transformer load balancing: alpha * k * sum_i f_i * mean_p_i."""

@@ -25,7 +25,7 @@ class SMoP(nn.Module):
         d_model: backbone width d.
         num_prompts: k (1: prompt tuning, no router).
         prompt_length: l.
-        routing / top_k / noise_scale / gumbel_temperature / balance_coef: see `Router`.
+        routing / top_k / noise_scale / gumbel_temperature / balance_coef / centered: see `Router`.
         encoder: optional module mapping the stored [k, l, d] tensor to the prompts actually used (P-tuning);
             None: the stored tensor is the prompt bank.
 
@@ -35,7 +35,7 @@ class SMoP(nn.Module):
 
     def __init__(self, d_model: int, num_prompts: int = 4, prompt_length: int = 5, routing: str = "smop",
                  top_k: int = 2, noise_scale: float = 1.0, gumbel_temperature: float = 1.0,
-                 balance_coef: float = 0.0, encoder: nn.Module | None = None):
+                 balance_coef: float = 0.0, encoder: nn.Module | None = None, centered: bool = False):
         super().__init__()
         self.num_prompts, self.prompt_length, self.d_model = num_prompts, prompt_length, d_model
         # One [k, l, d] tensor indexed per example: the same ops run on every rank whatever the routing,
@@ -46,7 +46,7 @@ class SMoP(nn.Module):
         self.router = None
         if num_prompts > 1:
             self.router = Router(d_model, num_prompts, routing, top_k, noise_scale, gumbel_temperature,
-                                 balance_coef)
+                                 balance_coef, centered)
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor,
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:

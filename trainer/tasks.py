@@ -35,12 +35,13 @@ class Example:
 
 @dataclass(frozen=True)
 class Task:
-    """A SuperGLUE task (or the generic `jsonl` task): its folder, label words and metric."""
+    """A SuperGLUE task (or a generic `jsonl` / `jsonl:NAME` task): its folder, label words and metric."""
 
     name: str
     """Short name, e.g. "rte"."""
     dirname: str
-    """Folder of the official distribution, e.g. "RTE" ("" for `jsonl`: files sit in data_dir)."""
+    """Folder of the official distribution, e.g. "RTE" ("" for `jsonl`: files sit in data_dir; NAME for
+    `jsonl:NAME`)."""
     label_words: tuple[str, ...] | None
     """Target words indexed by label; None for ReCoRD and `jsonl`."""
     metric: str
@@ -255,9 +256,17 @@ TASKS = {t.name: t for t in [
 
 
 def get_task(name: str) -> Task:
-    """The task called `name`; ValueError listing the known ones otherwise."""
+    """The task called `name`; ValueError listing the known ones otherwise.
+
+    `jsonl:NAME` is the generic task reading `data_dir/NAME/{train,val}.jsonl`: several of them form a
+    mixture of your own sub-tasks (`data.task=jsonl:copy,jsonl:sort`), each with its own metrics and row
+    of the routing table.
+    """
+    prefix, _, folder = name.partition(":")
+    if prefix == "jsonl" and re.fullmatch(r"[A-Za-z0-9_.-]+", folder):
+        return Task(name, folder, None, "exact_match", "", _build_jsonl)
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, jsonl:NAME (data_dir/NAME/*.jsonl)")
     return TASKS[name]
 
 
@@ -303,7 +312,7 @@ def _located(task: Task, path: Path) -> list[tuple[str, dict]]:
     """("file:line", record) pairs; the generic task's records get their position as default idx."""
     out = []
     for position, (lineno, record) in enumerate(read_jsonl_lines(path)):
-        if task.name == "jsonl" and "idx" not in record:
+        if task.build is _build_jsonl and "idx" not in record:
             record = {**record, "idx": position}
         out.append((f"{path}:{lineno}", record))
     return out

@@ -15,11 +15,14 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
+from trainer.config import model_location
+
 CACHE_DIR = Path(os.environ.get("SMOP_CACHE", Path.home() / ".cache" / "smop-trainer"))
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """A hub name or a local directory written by save_pretrained."""
+    """A hub name, a local directory written by save_pretrained, or a shipped model's name."""
+    name_or_path = model_location(name_or_path)
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().is_dir():
         raise ValueError(f"model.tokenizer: no such directory '{name_or_path}'")
@@ -30,20 +33,28 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
                          f"({str(e).splitlines()[0]})") from None
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 1000, whole_words: tuple[str, ...] = ()) -> T5Tokenizer:
-    """A T5 tokenizer over a sentencepiece unigram model trained on `texts` (cached by content).
+def train_tokenizer(texts: list[str], vocab_size: int = 1000, whole_words: tuple[str, ...] = (),
+                    word_level: bool = False) -> T5Tokenizer:
+    """A T5 tokenizer over a sentencepiece model trained on `texts` (cached by content).
 
     `whole_words` (the task's label words) become single pieces, so a target is one token and </s>, as
     with a real T5 vocabulary, rather than a chain of sub-word pieces a small model struggles to spell.
+    word_level: one piece per whitespace-separated word of `texts` (sentencepiece's word model; vocab_size is
+    then the word count + 3). For a closed language of short words: every word is one token and decoding
+    restores the spaces between words (user-defined pieces lose them), so multi-word targets compare as text.
     """
     import sentencepiece as spm
 
-    digest = hashlib.sha256("\n".join(texts).encode() + f"|{vocab_size}|{whole_words}|v1".encode()).hexdigest()[:16]
+    if word_level:
+        vocab_size = len({w for text in texts for w in text.split()}) + 3
+    key = f"|{vocab_size}|{whole_words}|{'word' if word_level else 'unigram'}|v1"
+    digest = hashlib.sha256("\n".join(texts).encode() + key.encode()).hexdigest()[:16]
     folder = CACHE_DIR / f"spm-{digest}"
     if not (folder / "spiece.model").exists():
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, model_type="unigram",
+            sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
+            model_type="word" if word_level else "unigram",
             pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, character_coverage=1.0,
             user_defined_symbols=list(whole_words), num_threads=1, minloglevel=2)
         _write_atomically(folder / "spiece.model", buffer.getvalue())

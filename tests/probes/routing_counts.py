@@ -20,12 +20,12 @@ inputs = read_inputs(None, TINY + [f"output_dir={out}", "train.log_every=3", *sy
 dist = distributed.init()
 run = build_run(inputs, dist)
 reset_stats(run)
-mine = []
 for _ in range(3):
     train_step(run)
     run.step += 1
-mine.append(run.stats["counts"].tolist())  # this rank's counts over the log window, before the all-reduce
+# This rank's counts over the log window, before the all-reduce: clean (no noise) and as trained (noisy).
+mine = {key: run.stats[key].tolist() for key in ("clean_counts", "counts")}
 maybe_log(run, tqdm(disable=True), 0.0)
-(out / f"counts-rank{dist.rank}.json").write_text(json.dumps(mine[0]))
+(out / f"counts-rank{dist.rank}.json").write_text(json.dumps(mine))
 run.monitor.close()
 distributed.destroy()

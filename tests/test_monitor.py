@@ -1,0 +1,58 @@
+"""The routing monitor: clean and noisy summaries, and the collapse detector on constructed routers."""
+import pytest
+import torch
+
+from trainer.monitor import CollapseDetector, routing_summary
+from trainer.router import Router
+
+
+def counts_of(index: torch.Tensor, k: int = 4) -> torch.Tensor:
+    """(1 task, k) routing counts of a batch's chosen prompts."""
+    return torch.bincount(index, minlength=k).unsqueeze(0)
+
+
+def routers():
+    """A router over inputs that share a large direction: raw collapses, centred stays balanced."""
+    torch.manual_seed(0)
+    x = torch.randn(16) * 10 + torch.randn(256, 16)
+    collapsed, balanced = Router(16, 4).eval(), Router(16, 4, centered=True).eval()
+    with torch.no_grad():
+        balanced.center.copy_(x.mean(0))
+    return x, collapsed, balanced
+
+
+def test_detector_fires_once_on_a_collapsed_router_after_patience():
+    x, collapsed, _ = routers()
+    entropy = routing_summary(counts_of(collapsed(x).index), ["t"])["routing_entropy"]
+    assert entropy < 0.25
+    detector = CollapseDetector(threshold=0.25, patience=3)
+    fired = [detector.update(entropy) for _ in range(6)]
+    assert fired == [False, False, True, False, False, False]  # declared once, at the third event in a row
+
+
+def test_detector_stays_silent_on_a_balanced_router():
+    x, _, balanced = routers()
+    entropy = routing_summary(counts_of(balanced(x).index), ["t"])["routing_entropy"]
+    assert entropy > 0.9
+    detector = CollapseDetector(threshold=0.25, patience=1)
+    assert not any(detector.update(entropy) for _ in range(10))
+
+
+def test_a_balanced_event_resets_the_streak_and_zero_turns_it_off():
+    detector = CollapseDetector(threshold=0.25, patience=2)
+    assert [detector.update(e) for e in (0.0, 0.9, 0.0, 0.9, 0.0)] == [False] * 5
+    assert detector.update(0.1) is True
+    off = CollapseDetector(threshold=0.0, patience=1)
+    assert not off.update(0.0)
+
+
+def test_noisy_training_routing_hides_what_the_clean_routing_shows():
+    """The monitor's reason to log both: under sigma = 1 noise the training choices of a collapsed router
+    look spread out while its clean choices use one prompt."""
+    x, collapsed, _ = routers()
+    out = collapsed.train(True)(x, torch.randn(len(x), 4))
+    clean = routing_summary(counts_of(out.clean_index), ["t"])
+    noisy = routing_summary(counts_of(out.index), ["t"], prefix="noisy_routing_")
+    assert set(noisy) == {"noisy_routing_fraction", "noisy_routing_entropy", "noisy_routing_cv"}
+    assert noisy["noisy_routing_entropy"] > clean["routing_entropy"] + 0.2
+    assert sum(noisy["noisy_routing_fraction"]) == pytest.approx(1.0)
