@@ -79,8 +79,9 @@ def plot_routing(train, collapses) -> Figure | None:
             ax.plot(steps, shares[:, i], style, color=f"C{i}", label=f"prompt {i} {name}")
     for n, e in enumerate(collapses):
         ax.axvline(e["step"], color="grey", linestyle=":", label="routing collapse" if n == 0 else None)
-    ax.set(xlabel="step", ylabel="share of examples", ylim=(0, 1),
-           title="training examples per prompt (solid: clean routing, dashed: noisy)")
+    noisy = any("noisy_routing_fraction" in e for e in train)
+    title = "training examples per prompt" + (" (solid: clean routing, dashed: noisy)" if noisy else "")
+    ax.set(xlabel="step", ylabel="share of examples", ylim=(0, 1), title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return fig
 
