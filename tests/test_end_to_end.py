@@ -3,8 +3,10 @@ import json
 import subprocess
 import sys
 
+import matplotlib.image as plt_image
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tests.launch import REPO, events, run_trainer
@@ -13,7 +15,7 @@ from trainer.tokenizer import train_tokenizer
 
 
 def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
-    proc = run_trainer(tmp_path, "train.eval_every=2", nproc=2, launcher="deepspeed")
+    proc = run_trainer(tmp_path, "train.eval_every=2", "monitor.plots=true", nproc=2, launcher="deepspeed")
     for name in ("config.yaml", "ds_config.json", "run_info.json", "metrics.jsonl", "smop_final.safetensors",
                  "tokenizer/tokenizer_config.json", "predictions-rte-4.jsonl", "predictions-rte-2.jsonl"):
         assert (tmp_path / name).exists(), name
@@ -35,6 +37,16 @@ def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
     assert sorted(p["idx"] for p in predictions) == list(range(16))
     assert {p["prediction"] for p in predictions} <= {"entailment", "not_entailment"}
     assert "eval at step 4: rte/accuracy" in proc.stdout and "routing: fractions" in proc.stdout
+    # Rank 0 drew the pictures at the end: real PNGs of the run, and the same figures in TensorBoard.
+    names = ["loss_lr", "routing", "routing_tables", "eval"]
+    assert f"pictures: {tmp_path / 'plots'}/ (" in proc.stdout
+    for name in names:
+        image = plt_image.imread(tmp_path / "plots" / f"{name}.png")
+        assert image.shape[:2] == (500, 1000) and image[..., :3].std() > 0.05, name
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert sorted(acc.Tags()["images"]) == sorted(f"plots/{name}" for name in names)
+    assert {"train/routing_entropy", "train/noisy_routing_entropy", "train/routing_fraction/0",
+            "train/noisy_routing_fraction/0"} <= set(acc.Tags()["scalars"])
 
 
 def test_logged_routing_counts_are_the_sum_of_every_rank(tmp_path):

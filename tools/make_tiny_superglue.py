@@ -1,6 +1,6 @@
-"""Write the embedded tiny SuperGLUE-format data (trainer/assets/superglue_tiny), deterministically.
+"""Write the embedded tiny SuperGLUE-format data (trainer/assets/data), deterministically.
 
-    python tools/make_tiny_superglue.py [--out trainer/assets/superglue_tiny] [--seed 0]
+    python tools/make_tiny_superglue.py [--out trainer/assets/data] [--seed 0]
 
 RTE-format records (premise, hypothesis, label, idx) built from a small grammar. The label follows a rule a
 model can learn (entailment iff every hypothesis word occurs in the premise), and the records come from two
@@ -41,7 +41,7 @@ def record(rng: random.Random, idx: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "trainer/assets/superglue_tiny"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "trainer/assets/data"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=800)
     parser.add_argument("--val", type=int, default=128)

@@ -13,11 +13,17 @@ Pre-training text carries the operation as an instruction ("reverse : b3 b1 b5")
 every operation from every region, so the model learns to follow the instruction whatever the symbols.
 The tuning mixture drops the instruction and ties each operation to one region (copy: a, reverse: b,
 sort: c, count: d): the task is recognisable from the input, by a router reading the mean input embedding
-or by the model itself, but one shared prompt cannot say which operation to apply.
+or by the model itself, but one shared prompt cannot say which operation to apply. It is written as the
+trainer's `jsonl:NAME` sub-tasks, one folder each:
+
+    python tools/synthetic.py --out trainer/assets/data     # the embedded default's copy/ reverse/ sort/ count/
 """
 from __future__ import annotations
 
+import argparse
+import json
 import random
+from pathlib import Path
 
 REGIONS = "abcde"
 SYMBOLS_PER_REGION = 8
@@ -63,15 +69,33 @@ def pretraining_pair(rng: random.Random) -> tuple[str, str]:
     return f"{operation} : {source}", target
 
 
-def mixture_records(rng: random.Random, per_task: int, split: str) -> list[dict]:
-    """The instruction-free tuning mixture, interleaved, as jsonl records; idx names the sub-task."""
-    records = []
-    for i in range(per_task):
+MIXTURE_TASKS = ",".join(f"jsonl:{operation}" for operation in MIXTURE)
+"""The trainer's data.task for the mixture."""
+
+
+def write_mixture(folder, seed: int, train_per_task: int, val_per_task: int) -> None:
+    """folder/<operation>/{train,val}.jsonl for each sub-task of MIXTURE, deterministic from `seed`."""
+    rng = random.Random(1000 + seed)
+    for split, n in (("train", train_per_task), ("val", val_per_task)):
         for operation, region in MIXTURE.items():
-            source, target = example(rng, operation, region)
-            records.append({"idx": f"{split}-{operation}-{i:05d}", "input": source, "target": target})
-    return records
+            path = Path(folder) / operation / f"{split}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w") as f:
+                for i in range(n):
+                    source, target = example(rng, operation, region)
+                    f.write(json.dumps({"idx": i, "input": source, "target": target}) + "\n")
 
 
-def subtask_of(idx: str) -> str:
-    return idx.split("-")[1]
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Write the instruction-free mixture as jsonl:NAME sub-tasks.")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "trainer" / "assets" / "data"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-per-task", type=int, default=500)
+    parser.add_argument("--val-per-task", type=int, default=50)
+    args = parser.parse_args(argv)
+    write_mixture(args.out, args.seed, args.train_per_task, args.val_per_task)
+    print(f"wrote {', '.join(MIXTURE)} under {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             save_adapter(Path(run.cfg.output_dir) / "adapter", run.model.smop,  # others keep smop_final
                          adapter_meta(run.cfg, run.model.config), run.tokenizer)
         print_result(result)
-    run.monitor.close()
+    run.monitor.close(plots=run.cfg.monitor.plots)
     distributed.barrier()
     distributed.destroy()
     return 0
@@ -122,7 +122,7 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
 
 
 def _close(run: Run, code: int) -> int:
-    run.monitor.close()
+    run.monitor.close(plots=run.cfg.monitor.plots)  # pictures of the run so far
     distributed.destroy()
     return code
 
@@ -285,7 +285,7 @@ def describe(run: Run) -> None:
 
 
 def print_result(event: dict) -> None:
-    metrics = {k: v for k, v in event.items() if "/" in k}
+    metrics = {k: v for k, v in event.items() if "/" in k or k == "average"}
     fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
     print(f"{event['event']} at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
           + f" ({event['split']} split)")
@@ -293,10 +293,12 @@ def print_result(event: dict) -> None:
           f"cv {event['routing_cv']:.3f}")
     table = event.get("routing_table")
     if table and len(event["routing_fraction"]) > 1:  # mixtures: where each task's examples went
-        width = max(len(name) for name in table)
-        print(f"  {'share of task sent to':<{width}}  " + "  ".join(f"prompt {j}" for j in range(len(event["routing_fraction"]))))
+        width = max(len(name) for name in [*table, "task"])
+        prompts = range(len(event["routing_fraction"]))
+        print(f"routing table (share of each task's {event['split']} examples per prompt):")
+        print(f"  {'task':<{width}}" + "".join(f"  prompt {j}" for j in prompts))
         for name, shares in table.items():
-            print(f"  {name:<{width}}  " + "  ".join(f"{s:8.2f}" for s in shares))
+            print(f"  {name:<{width}}" + "".join(f"  {s:8.2f}" for s in shares))
 
 
 def _resolve(path: str) -> str:

@@ -1,4 +1,4 @@
-"""What a run reports: metrics.jsonl, TensorBoard scalars and routing-balance summaries.
+"""What a run reports: metrics.jsonl, TensorBoard scalars, routing-balance summaries and pictures.
 
 Only rank 0 writes; the loop calls `log` on every rank and the monitor decides, so no rank checks are
 scattered through the loop.
@@ -60,7 +60,7 @@ class Monitor:
     """Appends one JSON object per event to `metrics.jsonl` and mirrors numbers to TensorBoard."""
 
     def __init__(self, output_dir: str, enabled: bool):
-        self.enabled, self.writer, self.file = enabled, None, None
+        self.enabled, self.writer, self.file, self.output_dir = enabled, None, None, Path(output_dir)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -83,7 +83,20 @@ class Monitor:
                     for i, f in enumerate(shares):
                         self.writer.add_scalar(f"{kind}/{key}/{task}/{i}", f, step)
 
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            self.writer.close()
+    def close(self, plots: bool = False) -> None:
+        """Close the files; with `plots`, first draw the run's pictures (trainer/plots.py) into
+        output_dir/plots/ and TensorBoard, and say where they are."""
+        if not self.enabled:
+            return
+        self.file.close()
+        if plots:
+            from trainer.plots import write_plots  # matplotlib: only where pictures are drawn
+
+            try:
+                paths = write_plots(self.output_dir, self.writer)
+            except (ValueError, OSError) as e:  # a picture must never fail a run that has finished
+                print(f"warning: no pictures drawn ({e})")
+            else:
+                if paths:
+                    print(f"pictures: {self.output_dir / 'plots'}/ ({', '.join(p.name for p in paths)})")
+        self.writer.close()
