@@ -14,7 +14,7 @@ from trainer.distributed import Dist
 from trainer.evaluation import evaluate
 from trainer.guard import StepGuard
 from trainer.model import PromptedT5
-from trainer.monitor import CollapseDetector, Monitor, routing_summary
+from trainer.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
 from trainer.optim import masked_step
 
 
@@ -171,7 +171,8 @@ def maybe_log(run: Run, bar, started: float) -> None:
     counts = distributed.all_reduce_sum(torch.stack([s["clean_counts"], s["counts"]])).cpu()
     loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
     event = {"event": "train", "step": run.step, "loss": loss, "lr": s["lr"],
-             "elapsed_s": round(time.time() - started, 2), **routing_summary(counts[0], run.task_names)}
+             "elapsed_s": round(time.time() - started, 2), "peak_memory_mb": round(peak_memory_mb(run.dist.device), 1),
+             **routing_summary(counts[0], run.task_names)}
     if counts.shape[-1] > 1:
         event.update(routing_summary(counts[1], run.task_names, prefix="noisy_routing_"))
     run.monitor.log(event)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 from pathlib import Path
 
 import torch
@@ -31,6 +32,13 @@ def routing_summary(counts: torch.Tensor, task_names: list[str], prefix: str = "
         rows = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)
         out[f"{prefix}table"] = {name: row.tolist() for name, row in zip(task_names, rows)}
     return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: allocated CUDA memory on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class CollapseDetector:
