@@ -48,6 +48,11 @@ class RouterInput(str, enum.Enum):
     RAW = "raw"
 
 
+class RouterInit(str, enum.Enum):
+    ORTHOGONAL = "orthogonal"
+    KMEANS = "kmeans"
+
+
 class PromptInit(str, enum.Enum):
     NORMAL = "normal"
     UNIFORM = "uniform"
@@ -141,8 +146,11 @@ class PromptConfig:
     """What the router reads: 'centered' (the mean input embedding minus its mean over training examples,
     estimated before step 0 and saved with the router) or 'raw' (the paper's: the mean input embedding as
     it is). See README "Routing that mixes" for why centered is the default."""
+    router_init: RouterInit = RouterInit.ORTHOGONAL
+    """Router rows at step 0: 'orthogonal' (the paper's) or 'kmeans' (unit-norm k-means centroids of the
+    (centred) router inputs of a training sample: each cluster of inputs starts on its own prompt)."""
     router_center_examples: int = 4096
-    """router_input=centered: training examples (evenly spaced over the training set) averaged for the centre."""
+    """Training examples (evenly spaced over the training set) that the centre and k-means are computed from."""
     init: PromptInit = PromptInit.NORMAL
     """Prompt init: normal N(0,1) (official code), uniform U[-0.5,0.5], vocab (sampled token embeddings), text."""
     init_text: str = ""
