@@ -146,7 +146,7 @@ class PromptConfig:
     """What the router reads: 'centered' (the mean input embedding minus its mean over training examples,
     estimated before step 0 and saved with the router) or 'raw' (the paper's: the mean input embedding as
     it is). See README "Routing that mixes" for why centered is the default."""
-    router_init: RouterInit = RouterInit.ORTHOGONAL
+    router_init: RouterInit = RouterInit.KMEANS
     """Router rows at step 0: 'orthogonal' (the paper's) or 'kmeans' (unit-norm k-means centroids of the
     (centred) router inputs of a training sample: each cluster of inputs starts on its own prompt)."""
     router_center_examples: int = 4096
@@ -244,8 +244,10 @@ class TrainConfig:
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
     max_nonfinite: int = 5
     """A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run."""
-    router_lr: float = 0.0
-    """Peak learning rate of the router (its own parameter group, same schedule); 0: train.lr."""
+    router_lr: float = 0.003
+    """Peak learning rate of the router (its own parameter group, same schedule); 0: train.lr. Small by
+    default: at prompt-tuning rates (0.3) AdamW rewrites the unit-norm router rows within a few steps and
+    the routing of the k-means start is lost (README "Routing that mixes")."""
 
 
 @dataclass
