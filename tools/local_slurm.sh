@@ -123,9 +123,11 @@ die() { log "ERROR: $*"; exit 1; }
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
 
 # ---------------------------------------------------------------- install ---
-PKGS=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev)
+PKGS=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev iproute2)
 # slurm-wlm is only a metapackage for slurmctld + slurmd + slurm-client; naming
 # the three keeps the list explicit. slurm-wlm-basic-plugins comes as a dep.
+# iproute2 (`ip`) builds the network of `start --nodes N`; nsenter and unshare
+# come with util-linux, which every Debian system has.
 
 cmd_install() {
     need_root
