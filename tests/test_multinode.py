@@ -125,6 +125,33 @@ def wait_for_step(out: Path, step: int, job_id: str, log: Path, timeout: float =
         time.sleep(0.2)
 
 
+# Stands in for python in the template (PYTHON=...): records what one rank was given, trains nothing.
+RANK_STUB = """#!/bin/sh
+for a in "$@"; do case $a in output_dir=*) out=${a#output_dir=} ;; esac; done
+echo "$RANK $LOCAL_RANK $LOCAL_WORLD_SIZE $WORLD_SIZE $MASTER_ADDR $(hostname)" >> "$out/ranks"
+"""
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ([], ["0 0 2 4 node1 node1", "1 1 2 4 node1 node1", "2 0 2 4 node1 node2", "3 1 2 4 node1 node2"]),
+    # 3 tasks on 2 nodes: 2 + 1 (Slurm: "2,1"), though --ntasks-per-node=2 still says 2 for node2.
+    (["--ntasks=3"], ["0 0 2 3 node1 node1", "1 1 2 3 node1 node1", "2 0 1 3 node1 node2"]),
+], ids=["2x2", "3-on-2"])
+def test_template_rank_variables_across_nodes(nodes, tmp_path, layout, expected):
+    """RANK, LOCAL_RANK, LOCAL_WORLD_SIZE (the tasks on this node), WORLD_SIZE and MASTER_ADDR (the first
+    node) that slurm/launch.sh gives each rank, and the node each rank runs on."""
+    stub = tmp_path / "python"
+    stub.write_text(RANK_STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "job.log"
+    job_id = sbatch("smop_t5xl.sh", {"PYTHON": str(stub), "RUN_NAME": "ranks", "OUTPUT_ROOT": str(tmp_path)},
+                    *layout, f"--output={log}")
+    info = wait_final(job_id, log, timeout=60)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log.read_text()[-3000:]
+    ranks = sorted((tmp_path / f"ranks-{job_id}" / "ranks").read_text().splitlines(), key=lambda x: int(x.split()[0]))
+    assert ranks == expected
+
+
 def test_template_across_two_nodes_preempted_requeued_resumed(nodes, reference):
     """`sbatch --nodes=2 --ntasks-per-node=2 slurm/smop_t5xl.sh` trains 4 ranks on 2 nodes. Mid-run the batch
     shell (on node1 only) gets USR1, as `--signal=B:USR1@600` sends it: all 4 ranks stop after the same
