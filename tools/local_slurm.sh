@@ -502,7 +502,7 @@ cmd_kill_node() {
     ns=$(node_ns "$1")
     [[ $1 =~ ^node[0-9]+$ && -e /run/netns/$ns ]] || die "no node '$1' here"
     pids=$(ip netns pids "$ns")
-    [[ -n $pids ]] && kill -KILL $pids
+    [[ -n $pids ]] && { kill -KILL $pids 2>/dev/null || true; }   # one may have exited meanwhile
     echo "local_slurm kill-node: killed $(wc -w <<<"$pids") process(es) on $1"
 }
 
