@@ -8,7 +8,7 @@ node of the allocation and reached over the bridge, Slurm's node-local ranks (2 
 launcher per node, a signal that reaches only the first node's batch shell, a node that dies while the
 other lives, and output written from two hosts into one directory.
 
-Every run is 4 ranks (2 per node) of the tiny preset with the same explicit overrides and a global batch of
+Every training run is 4 ranks (2 per node) of the tiny preset with the same explicit overrides and a global batch of
 16, compared with one reference: a single process with 4 micro batches of accumulation.
 """
 from __future__ import annotations
@@ -39,15 +39,15 @@ COMMON = [*TINY, "model.dropout=0", "train.global_batch_size=16", f"train.max_st
 HOSTS = ["node1", "node1", "node2", "node2"]   # rank order: Slurm and the launchers fill node1 first
 TOL = 1e-5   # 4 ranks vs 1 with accumulation: only the float summation order differs (tests/test_resume.py)
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=30"]
-NOT_OURS = "lslurm"   # the prefix of every namespace, link and /etc/netns entry the tool makes
+OURS = "lslurm"   # the prefix of every namespace, link and /etc/netns entry the tool makes
 
 
 def leftovers() -> list[str]:
     """What of a multi-node cluster exists on this machine now (empty once `stop` did its job)."""
-    found = [f"netns {n}" for n in run(["ip", "netns", "list"]).stdout.split() if n.startswith(NOT_OURS)]
+    found = [f"netns {n}" for n in run(["ip", "netns", "list"]).stdout.split() if n.startswith(OURS)]
     found += [f"link {ln.split(':')[1].strip()}" for ln in run(["ip", "-o", "link"]).stdout.splitlines()
-              if ln.split(":")[1].strip().startswith(NOT_OURS)]
-    found += [f"file {p}" for p in Path("/etc/netns").glob(f"{NOT_OURS}*")]
+              if ln.split(":")[1].strip().startswith(OURS)]
+    found += [f"file {p}" for p in Path("/etc/netns").glob(f"{OURS}*")]
     found += [f"file {p}" for p in (Path("/etc/slurm/slurm.conf"), Path("/tmp/local-slurm")) if p.exists()]
     found += [f"process {p}" for p in _tagged_processes()]
     return found
