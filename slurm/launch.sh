@@ -43,9 +43,25 @@ echo "[$(date -Is)] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLU
 # the trainer, which gets the signal itself (handlers are not inherited across exec).
 REQUEUE_MARKER="$OUTPUT_DIR/.requeue-${SLURM_JOB_ID}"
 rm -f "$REQUEUE_MARKER"
+# The number of tasks on node $2 (SLURM_NODEID) of a step, from Slurm's compressed per-node list $1
+# (SLURM_STEP_TASKS_PER_NODE: "2(x2)" is 2 on each of 2 nodes, "2,1" is 2 then 1). SLURM_NTASKS_PER_NODE is
+# only the request: with --nodes=2 --ntasks=3 it is unset (and ntasks / nodes = 1 is wrong on node 0), and
+# with a template's --ntasks-per-node=4 it says 4 on every node. Exported so each task's bash has it.
+tasks_on_node() {
+    local n=$2 item count times
+    local IFS=,
+    for item in $1; do
+        count=${item%%(*}; times=1
+        [[ $item == *"(x"* ]] && { times=${item#*(x}; times=${times%)}; }
+        if ((n < times)); then echo "$count"; return; fi
+        n=$((n - times))
+    done
+    return 1
+}
+export -f tasks_on_node
 TASK='trap : USR1 TERM
 export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
-export LOCAL_WORLD_SIZE=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / SLURM_JOB_NUM_NODES))}
+export LOCAL_WORLD_SIZE=$(tasks_on_node "$SLURM_STEP_TASKS_PER_NODE" "$SLURM_NODEID")
 "$@"; rc=$?
 if [ "$rc" -eq "$REQUEUE_EXIT_CODE" ]; then touch "$REQUEUE_MARKER"; exit 0; fi
 exit "$rc"'

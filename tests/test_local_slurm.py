@@ -78,8 +78,9 @@ def _report_timings(config) -> None:
         tr.write_line("local slurm timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
 
 
-@pytest.fixture(scope="module")
-def slurm(request, tmp_path_factory):
+def local_cluster(request, tmp_path_factory, nodes: int = 1):
+    """Start the local cluster of `nodes` nodes, yield a scratch directory, and always stop it, pass or fail
+    (a module fixture does `yield from local_cluster(...)`)."""
     missing = [n for n in NEEDED if _which(n) is None]
     if missing:
         pytest.fail(
@@ -89,13 +90,14 @@ def slurm(request, tmp_path_factory):
         )
     if os.geteuid() != 0:
         pytest.fail("the local Slurm cluster must be started as root", pytrace=False)
+    name = "cluster" if nodes == 1 else f"{nodes}-node cluster"
     try:
         t0 = time.monotonic()
-        proc = run([SCRIPT, "start"], timeout=120, check=False)
-        TIMINGS["cluster start"] = time.monotonic() - t0
+        proc = run([SCRIPT, "start", "--nodes", nodes], timeout=120, check=False)
+        TIMINGS[f"{name} start"] = time.monotonic() - t0
         if proc.returncode != 0:
             pytest.fail(
-                f"tools/local_slurm.sh start failed ({proc.returncode}):\n"
+                f"tools/local_slurm.sh start --nodes {nodes} failed ({proc.returncode}):\n"
                 f"{proc.stdout}\n{proc.stderr}",
                 pytrace=False,
             )
@@ -103,9 +105,14 @@ def slurm(request, tmp_path_factory):
     finally:
         t0 = time.monotonic()
         proc = run([SCRIPT, "stop"], timeout=120, check=False)
-        TIMINGS["cluster stop"] = time.monotonic() - t0
+        TIMINGS[f"{name} stop"] = time.monotonic() - t0
         _report_timings(request.config)
         assert proc.returncode == 0, f"stop failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="module")
+def slurm(request, tmp_path_factory):
+    yield from local_cluster(request, tmp_path_factory)
 
 
 def test_sbatch_wait_trivial_job(slurm: Path):

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# tools/local_slurm.sh -- a throwaway one-node Slurm cluster on this machine,
-# for tests and CI (Debian 12 "bookworm", Slurm 22.05, run as root).
+# tools/local_slurm.sh -- a throwaway Slurm cluster on this machine, one node or
+# several, for tests and CI (Debian 12 "bookworm", Slurm 22.05, run as root).
 #
 # Usage:
 #   tools/local_slurm.sh install  # apt-get the packages (idempotent, quiet)
 #   tools/local_slurm.sh start    # write slurm.conf, start munged + slurmctld + slurmd,
 #                                 # wait until the node is idle in partition "debug"
+#   tools/local_slurm.sh start --nodes 2
+#                                 # N nodes node1..nodeN, each slurmd in its own network
+#                                 # namespace with its own address and hostname (see
+#                                 # "Several nodes" below); also restarts a node's slurmd
+#                                 # that died (e.g. killed by a test) and resumes the node
+#   tools/local_slurm.sh exec node2 CMD [ARGS...]
+#                                 # run CMD on node2 of a multi-node cluster (its network,
+#                                 # hostname and /etc/hosts), e.g. one launcher per node
+#   tools/local_slurm.sh kill-node node2
+#                                 # SIGKILL every process of node2 (slurmd included), as a
+#                                 # crash would; `start --nodes N` restarts it
 #   tools/local_slurm.sh status   # sinfo + squeue
 #   tools/local_slurm.sh stop     # scancel everything, stop the daemons, remove the
-#                                 # state dir (idempotent, works after a half-failed start)
+#                                 # namespaces, bridge and state dir (idempotent, works
+#                                 # after a half-failed start)
 #
 # Environment:
 #   SLURM_LOCAL_DIR   state, spool, pid and log files (default /tmp/local-slurm);
@@ -16,6 +28,9 @@
 #   LOCAL_SLURM_WAIT  seconds `start` waits for the node to become idle (default 60).
 #   LOCAL_SLURM_CPUS  advertise this many CPUs instead of the real count (lets a
 #                     2-core box run e.g. `srun -n 4`; uses SlurmdParameters=config_overrides).
+#                     With --nodes N every node advertises this count (or the real one).
+#   LOCAL_SLURM_SUBNET  first three octets of the private /24 of a multi-node cluster
+#                     (default 10.213.0): .1 is the bridge (slurmctld), .(i+1) is node i.
 #
 # After `start`, plain sbatch/srun/squeue/scontrol work (the config is written to
 # /etc/slurm/slurm.conf, Debian's compiled-in location). Logs: $SLURM_LOCAL_DIR/log/.
@@ -46,6 +61,28 @@
 #     (sched_interval, default 60 s) before it runs again: ~150 s measured with
 #     defaults. AuthInfo=cred_expire=5 and sched_interval=2 bring it to ~6-7 s.
 #
+# Several nodes (`start --nodes N`, N >= 2), all on this one machine:
+#   * A bridge `lslurm0` in the root namespace holds $SUBNET.1/24; slurmctld
+#     runs in the root namespace and is reached at that address.
+#   * Node i is the network namespace `lslurm-node<i>` (made with `ip netns`),
+#     joined to the bridge by a veth pair (`lslurm-v<i>` outside, eth0 inside)
+#     with address $SUBNET.(i+1); its slurmd runs there with `-N node<i>`, in
+#     its own UTS namespace whose hostname is node<i> (so gethostname() and
+#     everything a job starts see the node's name, as on a real cluster).
+#   * Name resolution: /etc/netns/lslurm-node<i>/hosts (the machine's
+#     /etc/hosts plus node1..nodeN), which `ip netns exec` bind-mounts over
+#     /etc/hosts for that node only; the machine's /etc/hosts is not touched.
+#   * The namespaces have no route but their /24: traffic stays between the
+#     nodes and the bridge. They share the filesystem (one "shared" output
+#     directory, one munged socket, one /etc/slurm/slurm.conf), the CPUs and
+#     the memory: every node advertises the whole machine, so N nodes
+#     oversubscribe it N times.
+#   * `stop` kills whatever still runs in those namespaces, deletes them, the
+#     bridge and /etc/netns/lslurm-node*; it does so by name, so it also cleans
+#     up after a start that failed half-way or a state dir that was deleted.
+#   * Restart of a node: `start --nodes N` on a running cluster of N nodes
+#     restarts any node whose slurmd is dead and resumes it in Slurm.
+#
 # Pre-emption / requeue, as measured on a 2-core Debian 12 VM (Slurm 22.05.8):
 #   * `#SBATCH --signal=B:USR1@N --time=M` reaches the batch shell N s before the
 #     limit, but slurmctld checks time limits only every ~30 s: with --time=1
@@ -70,6 +107,12 @@ LOCAL_SLURM_WAIT="${LOCAL_SLURM_WAIT:-60}"
 CONF=/etc/slurm/slurm.conf
 MARKER="# managed by tools/local_slurm.sh"
 CLUSTER=localslurm
+# Several nodes: a bridge, one network namespace per node (names fixed, so that
+# `stop` finds them without any state), addresses in a private /24.
+SUBNET="${LOCAL_SLURM_SUBNET:-10.213.0}"
+BRIDGE=lslurm0
+NS_PREFIX=lslurm-node
+NODES=1   # `start --nodes N`
 # Every daemon we start carries this variable in its environment, so `stop`
 # can find exactly our processes (and slurmstepd children) in /proc.
 TAG="LOCAL_SLURM_TAG=${SLURM_LOCAL_DIR}"
@@ -80,9 +123,11 @@ die() { log "ERROR: $*"; exit 1; }
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
 
 # ---------------------------------------------------------------- install ---
-PKGS=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev)
+PKGS=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev iproute2)
 # slurm-wlm is only a metapackage for slurmctld + slurmd + slurm-client; naming
 # the three keeps the list explicit. slurm-wlm-basic-plugins comes as a dep.
+# iproute2 (`ip`) builds the network of `start --nodes N`; nsenter and unshare
+# come with util-linux, which every Debian system has.
 
 cmd_install() {
     need_root
@@ -113,6 +158,17 @@ cmd_install() {
 # ------------------------------------------------------------------ start ---
 node_name() { hostname -s; }
 
+# The node names of a cluster of N nodes: this host's name for one node (as
+# before), node1..nodeN for several.
+node_names() {
+    local i
+    if (($1 == 1)); then node_name; else for ((i = 1; i <= $1; i++)); do echo "node$i"; done; fi
+}
+node_ns() { echo "$NS_PREFIX${1#node}"; }              # node3 -> lslurm-node3
+node_addr() { echo "$SUBNET.$((${1#node} + 1))"; }     # node3 -> $SUBNET.4
+slurmd_pidfile() { echo "$SLURM_LOCAL_DIR/run/slurmd-$1.pid"; }   # SlurmdPidFile=...-%n.pid
+running_nodes() { cat "$SLURM_LOCAL_DIR/run/nodes" 2>/dev/null || true; }
+
 # `slurmd -C` prints the NodeName line for this machine (CPUs, Boards, Sockets,
 # Cores, Threads, RealMemory). We keep its hardware fields, set our own name.
 hw_line() {
@@ -128,9 +184,22 @@ hw_line() {
     echo "$line"
 }
 
-write_conf() {
-    local node=$1 hw d=$SLURM_LOCAL_DIR
+write_conf() {   # write_conf N
+    local n=$1 hw d=$SLURM_LOCAL_DIR ctl_addr node node_lines="" part
     hw=$(hw_line)
+    if ((n == 1)); then
+        ctl_addr=127.0.0.1
+        node=$(node_name)
+        node_lines="NodeName=$node NodeAddr=127.0.0.1 $hw State=UNKNOWN"
+        part=$node
+    else
+        # slurmctld listens in the root namespace; the nodes reach it on the bridge.
+        ctl_addr=$SUBNET.1
+        for node in $(node_names "$n"); do
+            node_lines+="${node_lines:+$'\n'}NodeName=$node NodeHostname=$node NodeAddr=$(node_addr "$node") $hw State=UNKNOWN"
+        done
+        part="node[1-$n]"
+    fi
     if [[ -e $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
         die "$CONF exists and was not written by this script; refusing to overwrite it"
     fi
@@ -138,7 +207,7 @@ write_conf() {
     cat >"$CONF" <<EOF
 $MARKER (SLURM_LOCAL_DIR=$d); \`local_slurm.sh stop\` removes it.
 ClusterName=$CLUSTER
-SlurmctldHost=$node(127.0.0.1)
+SlurmctldHost=$(node_name)($ctl_addr)
 # Daemons run as root in a sandbox; no slurm user/dirs to set up.
 SlurmUser=root
 SlurmdUser=root
@@ -147,11 +216,12 @@ CredType=cred/munge
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$d/state
-SlurmdSpoolDir=$d/spool
+# %n: the node name, so that the slurmd of every node has its own files.
+SlurmdSpoolDir=$d/spool/%n
 SlurmctldPidFile=$d/run/slurmctld.pid
-SlurmdPidFile=$d/run/slurmd.pid
+SlurmdPidFile=$d/run/slurmd-%n.pid
 SlurmctldLogFile=$d/log/slurmctld.log
-SlurmdLogFile=$d/log/slurmd.log
+SlurmdLogFile=$d/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # No cgroups in a container.
@@ -183,9 +253,71 @@ KillWait=5
 MinJobAge=300
 # Use the CPU count written below even where slurmd sees fewer (LOCAL_SLURM_CPUS).
 SlurmdParameters=config_overrides
-NodeName=$node NodeAddr=127.0.0.1 $hw State=UNKNOWN
-PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+$node_lines
+PartitionName=debug Nodes=$part Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+# The network of a multi-node cluster: bridge + one namespace and veth pair per node.
+net_up() {   # net_up N
+    local n=$1 node ns i
+    net_down   # leftovers of an earlier, failed start
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    for node in $(node_names "$n"); do
+        ns=$(node_ns "$node"); i=${node#node}
+        ip netns add "$ns"
+        ip link add "lslurm-v$i" type veth peer name eth0 netns "$ns"
+        ip link set "lslurm-v$i" master "$BRIDGE" up
+        ip -n "$ns" addr add "$(node_addr "$node")/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+        # `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts for this node only.
+        mkdir -p "/etc/netns/$ns"
+        {
+            cat /etc/hosts
+            echo "$MARKER: the nodes of the local cluster"
+            for i in $(node_names "$n"); do echo "$(node_addr "$i") $i"; done
+        } >"/etc/netns/$ns/hosts"
+    done
+}
+
+# Everything net_up made, found by name: also after a failed start or without a state dir.
+net_down() {
+    local ns pids
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NS_PREFIX[0-9]+\$" || true); do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf /etc/netns/"$NS_PREFIX"[0-9]*
+    ip link del "$BRIDGE" 2>/dev/null || true
+}
+
+# Run a command on node NODE of a multi-node cluster: in its network namespace, with its own hostname (a
+# UTS namespace) and its own /etc/hosts (a mount namespace with the bind mount `ip netns exec` would make).
+# Not `ip netns exec` itself: it also remounts /sys, hiding /sys/fs/cgroup, and slurmd 22.05 then fails
+# "Unable to initialize cgroup plugin" although no cgroup plugin is configured. nsenter and unshare exec
+# the command (no fork), so the caller's PID is the command's.
+on_node() {   # on_node NODE CMD [ARGS...]
+    local node=$1 ns
+    shift
+    ns=$(node_ns "$node")
+    [[ $node =~ ^node[0-9]+$ && -e /run/netns/$ns ]] \
+        || die "no node '$node' here (nodes are node1..nodeN of \`start --nodes N\`)"
+    exec nsenter --net="/run/netns/$ns" unshare --mount --uts sh -c \
+        'mount --bind "$2" /etc/hosts && hostname "$1" && shift 2 && exec "$@"' \
+        sh "$node" "/etc/netns/$ns/hosts" "$@"
+}
+
+start_slurmd() {   # start_slurmd NODE N
+    mkdir -p "$SLURM_LOCAL_DIR/spool/$1"   # SlurmdSpoolDir=.../spool/%n
+    if (($2 == 1)); then
+        env "$TAG" slurmd -N "$1"
+    else
+        (on_node "$1" env "$TAG" slurmd -N "$1")   # slurmd daemonizes; the subshell returns at once
+    fi
 }
 
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
@@ -234,41 +366,64 @@ cmd_start() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
         && command -v munged >/dev/null \
         || die "Slurm/munge not installed; run: tools/local_slurm.sh install"
-    local node t0 st i
-    node=$(node_name)
-    t0=$EPOCHREALTIME
-    # Already up (same SLURM_LOCAL_DIR)? Then only wait for the node below;
-    # the config is not rewritten (run stop + start to apply changes).
-    if [[ -f $SLURM_LOCAL_DIR/run/slurmctld.pid && -f $SLURM_LOCAL_DIR/run/slurmd.pid ]] \
-        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmctld.pid")" \
-        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmd.pid")"; then
-        log "already running (SLURM_LOCAL_DIR=$SLURM_LOCAL_DIR); reusing it"
-    else
-        # Clean up anything a half-failed earlier start left behind.
-        [[ -d $SLURM_LOCAL_DIR ]] && cmd_stop >/dev/null
-        mkdir -p "$SLURM_LOCAL_DIR"/{state,spool,run,log}
-        write_conf "$node"
-        start_munge
-        # Both daemonize; -c -i: start from clean state (the dir is fresh anyway).
-        env "$TAG" slurmctld -c -i || { dump_logs; die "slurmctld failed to start"; }
-        env "$TAG" slurmd -N "$node" || { dump_logs; die "slurmd failed to start"; }
+    if ((NODES > 1)); then
+        command -v ip >/dev/null && command -v unshare >/dev/null && command -v nsenter >/dev/null \
+            || die "--nodes $NODES needs ip (iproute2), unshare and nsenter (util-linux)"
     fi
-    # Wait (bounded) for the node to be idle; resume it if it registered down/drained.
+    [[ $SUBNET =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] \
+        || die "LOCAL_SLURM_SUBNET='$SUBNET': want the first three octets of a private /24, e.g. 10.213.0"
+    local node t0 st i up=0 nodes running
+    nodes=$(node_names "$NODES")
+    t0=$EPOCHREALTIME
+    running=$(running_nodes)
+    # Already up (same SLURM_LOCAL_DIR)? Then restart a node's dead slurmd (a test may have killed a
+    # node) and wait for the nodes below; the config is not rewritten (run stop + start to change it).
+    if [[ -n $running && -f $SLURM_LOCAL_DIR/run/slurmctld.pid ]] \
+        && alive "$(cat "$SLURM_LOCAL_DIR/run/slurmctld.pid")"; then
+        [[ $running == "$NODES" ]] \
+            || die "a cluster of $running node(s) is running (SLURM_LOCAL_DIR=$SLURM_LOCAL_DIR); run stop first"
+        log "already running (SLURM_LOCAL_DIR=$SLURM_LOCAL_DIR); reusing it"
+        for node in $nodes; do
+            alive "$(cat "$(slurmd_pidfile "$node")" 2>/dev/null || echo x)" && continue
+            log "slurmd of $node is not running; restarting it"
+            start_slurmd "$node" "$NODES" || { dump_logs; die "slurmd of $node failed to start"; }
+        done
+    else
+        # Clean up anything a half-failed earlier start left behind (for several nodes: always, since
+        # namespaces may outlive the state dir).
+        if [[ -d $SLURM_LOCAL_DIR ]] || ((NODES > 1)); then cmd_stop >/dev/null; fi
+        mkdir -p "$SLURM_LOCAL_DIR"/{state,spool,run,log}
+        echo "$NODES" >"$SLURM_LOCAL_DIR/run/nodes"
+        write_conf "$NODES"
+        # (Not `net_up || die`: a function called left of || runs with errexit off.)
+        if ((NODES > 1)); then net_up "$NODES"; fi
+        start_munge
+        # All daemonize; -c -i: start from clean state (the dir is fresh anyway).
+        env "$TAG" slurmctld -c -i || { dump_logs; die "slurmctld failed to start"; }
+        for node in $nodes; do
+            start_slurmd "$node" "$NODES" || { dump_logs; die "slurmd of $node failed to start"; }
+        done
+    fi
+    # Wait (bounded) for every node to be idle; resume one that registered down/drained.
     for ((i = 0; i < LOCAL_SLURM_WAIT * 4; i++)); do
-        st=$(node_state "$node" || true)
-        case "$st" in
-            idle|mix|alloc|comp) break ;;   # up (mix/alloc: a reused cluster has jobs)
-            down*|drain*|drng*|inval*|fail*)
-                scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
-        esac
+        up=0
+        for node in $nodes; do
+            st=$(node_state "$node" || true)
+            case "$st" in
+                idle|mix|alloc|comp) up=$((up + 1)) ;;   # up (mix/alloc: a reused cluster has jobs)
+                down*|drain*|drng*|inval*|fail*)
+                    scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+            esac
+        done
+        ((up == NODES)) && break
         sleep 0.25
     done
-    if [[ ! "$st" =~ ^(idle|mix|alloc|comp)$ ]]; then
+    if ((up != NODES)); then
         dump_logs
-        die "node $node not idle after ${LOCAL_SLURM_WAIT}s (state '${st:-none}')"
+        die "only $up of $NODES node(s) idle after ${LOCAL_SLURM_WAIT}s ($(sinfo -h -N -o '%N %t' 2>/dev/null | tr '\n' ' '))"
     fi
-    printf 'local_slurm start: node %s up in partition debug after %.1f s (%s)\n' \
-        "$node" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{print b-a}')" "$(hw_line)"
+    printf 'local_slurm start: node(s) %s up in partition debug after %.1f s (%s)\n' \
+        "$(echo $nodes | tr ' ' ,)" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{print b-a}')" "$(hw_line)"
 }
 
 # ------------------------------------------------------------------- stop ---
@@ -303,7 +458,7 @@ kill_pidfile() {   # kill_pidfile FILE: SIGTERM, wait up to 10 s, then SIGKILL
 
 cmd_stop() {
     need_root
-    local d=$SLURM_LOCAL_DIR ids i left
+    local d=$SLURM_LOCAL_DIR ids i left f
     # 1. Cancel all jobs while the controller is still up (bounded).
     if [[ -f $d/run/slurmctld.pid ]] && alive "$(cat "$d/run/slurmctld.pid" 2>/dev/null)"; then
         ids=$(timeout 15 squeue -h -o '%i' 2>/dev/null || true)
@@ -316,7 +471,7 @@ cmd_stop() {
         fi
     fi
     # 2. Stop the daemons: slurmd first, then slurmctld, then munged (only if we started it).
-    kill_pidfile "$d/run/slurmd.pid"
+    for f in "$d"/run/slurmd-*.pid; do kill_pidfile "$f"; done
     kill_pidfile "$d/run/slurmctld.pid"
     if [[ -f $d/run/we-started-munged ]]; then
         kill_pidfile /run/munge/munged.pid
@@ -330,10 +485,25 @@ cmd_stop() {
         left=$(tagged_pids)
         [[ -n $left ]] && kill -KILL $left 2>/dev/null || true
     fi
-    # 4. Remove our config and state.
+    # 4. The namespaces of a multi-node cluster (and anything still running in them), the bridge.
+    net_down
+    # 5. Remove our config and state.
     if [[ -f $CONF ]] && grep -qF "$MARKER" "$CONF"; then rm -f "$CONF"; fi
     rm -rf "$d"
     echo "local_slurm stop: stopped; removed $d"
+}
+
+# -------------------------------------------------------------- kill-node ---
+# What a crash does to a node's processes: SIGKILL to everything in its namespace (slurmd, slurmstepd, job
+# tasks). The other nodes' TCP peers see the connections reset at once; slurmctld marks the node DOWN
+# after SlurmdTimeout. `start --nodes N` brings it back.
+cmd_kill_node() {
+    local ns pids
+    ns=$(node_ns "$1")
+    [[ $1 =~ ^node[0-9]+$ && -e /run/netns/$ns ]] || die "no node '$1' here"
+    pids=$(ip netns pids "$ns")
+    [[ -n $pids ]] && { kill -KILL $pids 2>/dev/null || true; }   # one may have exited meanwhile
+    echo "local_slurm kill-node: killed $(wc -w <<<"$pids") process(es) on $1"
 }
 
 # ----------------------------------------------------------------- status ---
@@ -348,8 +518,20 @@ cmd_status() {
 
 case "${1:-}" in
     install) cmd_install ;;
-    start) cmd_start ;;
+    start)
+        shift
+        while (($#)); do
+            case "$1" in
+                --nodes) NODES=${2:-}; shift 2 || die "--nodes needs a number" ;;
+                --nodes=*) NODES=${1#--nodes=}; shift ;;
+                *) die "start: unknown argument '$1' (usage: start [--nodes N])" ;;
+            esac
+        done
+        [[ $NODES =~ ^[1-9][0-9]?$ ]] && ((NODES <= 16)) || die "--nodes '$NODES': a number from 1 to 16"
+        cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
+    exec) need_root; shift; (($# >= 2)) || die "usage: exec NODE COMMAND [ARGS...]"; on_node "$@" ;;
+    kill-node) need_root; (($# == 2)) || die "usage: kill-node NODE"; cmd_kill_node "$2" ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -26,6 +26,8 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
+    hosts: tuple[str, ...] = ()
+    """The host name of every rank, in rank order: which node each rank ran on (run_info.json)."""
 
     @property
     def is_main(self) -> bool:
@@ -55,7 +57,8 @@ def init(timeout_minutes: float = 30.0) -> Dist:
     else:
         accelerator.set_device(local_rank)
         device = torch.device(accelerator.device_name(), local_rank)
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    hosts = tuple(all_gather_objects(socket.gethostname()))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, hosts)
 
 
 def _share_cpu_cores(local_ranks: int) -> None:

@@ -256,7 +256,8 @@ def write_run_files(run: Run, ds_config: dict) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
     backbone = list(run.model.backbone.parameters())
-    info = {"git_revision": git_revision(), "world_size": world_size, "command": sys.argv,
+    info = {"git_revision": git_revision(), "world_size": world_size, "hosts": list(run.dist.hosts),
+            "command": sys.argv,
             "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
             "activation_checkpointing": bool(getattr(run.model.backbone, "is_gradient_checkpointing", False)),
             "backbone_params": sum(distributed.numel(p) for p in backbone),
