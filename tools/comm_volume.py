@@ -115,7 +115,7 @@ class CommCounter:
             payload = arg(0, "tensor").nbytes
             is_src = dist.get_rank() == arg(1, "src")
             sent, received = (payload, 0) if is_src else (0, payload)
-        op = self.ops.setdefault(name, {"calls": 0, "payload": 0, "sent": 0.0, "received": 0.0})
+        op = self.ops.setdefault(f"{name}/{world} ranks", {"calls": 0, "payload": 0, "sent": 0.0, "received": 0.0})
         op["calls"] += 1
         op["payload"] += payload
         op["sent"] += sent

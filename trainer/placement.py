@@ -16,7 +16,8 @@ into step times. Per rank and step, bytes received (= sent):
   the backward in reverse order over the modules the gradient passes through: with a frozen backbone the
   gradient only flows back to the prompts, so the embedding lookups, relative position biases and the first
   decoder block's self-attention and cross-attention query (which see no prompt-dependent input) have no
-  backward. Tensors up to stage3_param_persistence_threshold are never gathered after start-up.
+  backward. Tensors up to stage3_param_persistence_threshold are never gathered after start-up. With ZeRO++
+  hpZ the gathers read from the node's secondary partition: (h-1)/h instead of (W-1)/W, h ranks per node.
 """
 from __future__ import annotations
 
@@ -36,13 +37,17 @@ class ZeroSettings:
     persistence_threshold: int = 100_000
     reuse_distance: int = 1_000_000_000
     prefetch_bucket: int = 50_000_000
+    hpz_partition_size: int = 1
+    """ZeRO++ hpZ: a second partition over this many ranks (a node), which serves every gather of a frozen
+    weight after the first (only an optimiser step would invalidate it, and none steps the backbone)."""
 
     @classmethod
     def from_ds_config(cls, ds: dict) -> "ZeroSettings":
         z = ds.get("zero_optimization", {})
         return cls(int(z.get("stage3_param_persistence_threshold", cls.persistence_threshold)),
                    int(z.get("stage3_max_reuse_distance", cls.reuse_distance)),
-                   int(z.get("stage3_prefetch_bucket_size", cls.prefetch_bucket)))
+                   int(z.get("stage3_prefetch_bucket_size", cls.prefetch_bucket)),
+                   int(z.get("zero_hpz_partition_size", 1)))
 
     @property
     def keep_window(self) -> int:
@@ -122,4 +127,6 @@ def step_volume(s: T5Shape, tied: bool, dtype_bytes: int, trainable: int, ranks:
         return trainer
     if placement != "zero3":
         raise ValueError(f"unknown placement '{placement}' (replicated, zero3)")
-    return trainer + share * dtype_bytes * gathered_per_micro_batch(s, tied, ranks, z) * micro_batches
+    group = z.hpz_partition_size if z.hpz_partition_size > 1 else ranks  # who a gather reads from
+    gather_share = (group - 1) / group
+    return trainer + gather_share * dtype_bytes * gathered_per_micro_batch(s, tied, ranks, z) * micro_batches
