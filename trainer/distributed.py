@@ -298,6 +298,10 @@ def whole_backbone(module: torch.nn.Module):
         return
     from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
+    # Start clean: every weight partitioned and no module still counted as using one. With activation
+    # checkpointing a weight can be left marked in use after backward, and the re-partition at the end of the
+    # gather would then refuse to free it ("still active in submodules").
+    engine.empty_partition_cache()
     with unwrap_model_for_generation(engine):
         yield
 
