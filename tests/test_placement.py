@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tests.launch import REPO

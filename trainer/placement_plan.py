@@ -25,6 +25,9 @@ Time: compute = analytic training FLOPs (trainer/flops.py; backward through a fr
 trainer/placement.py over the slower of the inter-node link (per node) and the intra-node link (per device),
 ring algorithms. ZeRO-3's gathers are prefetched on their own stream, so its step is max(compute,
 communication); the replicated path's small all-reduce comes after the backward and adds.
+
+The estimators are the one DeepSpeed import outside trainer/distributed.py: plain arithmetic, imported where
+used, with no process group or engine involved.
 """
 from __future__ import annotations
 
