@@ -11,6 +11,9 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     ...-eager         suffix for any trainer arm: eager T5 attention instead of transformers' default SDPA
     ...-grouped       suffix for any trainer arm: data.group_by_length=50 (length-grouped batches; pair it
                       with --lengths varied, since fixed-length rows have nothing to group)
+    ...-gathered      suffix for any trainer arm: the latency measured with the ZeRO-3 backbone gathered once
+                      beforehand (trainer/eval_gather.py, as evaluation does when it fits); the one-time
+                      gather is reported apart as gather_s
     pt-L              this trainer, prompt tuning (prompt.method=prompt_tuning num_prompts=1 prompt_length=L)
     hf-peft-L         Hugging Face Trainer + PEFT prompt tuning (num_virtual_tokens=L), same ZeRO stage
     full-ft           prompt.method=full_finetune, when the trainer has it
@@ -80,7 +83,7 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
     for suffix, flag, value in (("-ckpt", "activation_checkpointing", True), ("-eager", "eager_attention", True),
-                                ("-grouped", "group_by_length", GROUP_WINDOW)):
+                                ("-grouped", "group_by_length", GROUP_WINDOW), ("-gathered", "gathered_eval", True)):
         if name.endswith(suffix) and not name.startswith("hf-peft"):
             spec = arm_spec(name.removesuffix(suffix), args, size, on_gpu, out)
             return {**spec, "arm": name, "out_dir": str(out / name), flag: value}

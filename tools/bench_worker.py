@@ -84,10 +84,15 @@ def main(spec: dict) -> None:
     phases = (bare_phases(one_step, device, spec["phase_steps"]) if spec["kind"] == "bare"
               else trainer_phases(run, device, spec["phase_steps"]))
     paired = paired_overhead(one_step, run, device, spec["steps"]) if spec["kind"] == "bare" else None
-    latency = None
+    latency, gather_s = None, None
     if spec["kind"] != "bare" and spec["infer_repeats"] > 0:
-        latency = generation_latency(run, collate(run.train_data, list(range(run.micro_batch)), 0),
-                                     size.gen_tokens, spec["infer_repeats"])
+        from trainer.eval_gather import maybe_whole_backbone
+
+        batch = collate(run.train_data, list(range(run.micro_batch)), 0)
+        started = time.perf_counter()
+        with maybe_whole_backbone(run.model.backbone, device, 1, bool(spec.get("gathered_eval"))) as gathered:
+            gather_s = time.perf_counter() - started if gathered else None
+            latency = generation_latency(run, batch, size.gen_tokens, spec["infer_repeats"])
     per_rank = distributed.all_gather_objects({**rank_figures(times, phases, mem, latency), "paired": paired})
     if dist.is_main:
         extra = {}
@@ -105,7 +110,7 @@ def main(spec: dict) -> None:
               "trainable_params": sum(p.numel() for p in run.params),
               "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
               **combine(per_rank, run.order.global_batch, tokens_per_example, run.micro_batch, mean=varied),
-              **pad, **extra})
+              **pad, **extra, "gather_s": gather_s})
     run.monitor.close()
     distributed.barrier()
     distributed.destroy()

@@ -63,6 +63,9 @@ def parse_args(argv):
                    help="GRIFFIN: keep this fraction of each decoder FF layer's neurons after the window "
                         "(1: off; single device only)")
     p.add_argument("--griffin_window", type=int, default=2, help="GRIFFIN: decoding steps run with the full FF")
+    p.add_argument("--gather_backbone", choices=("auto", "always", "never"), default="auto",
+                   help="ZeRO-3: gather the whole backbone once for all inputs instead of at every forward and "
+                        "decoding step; auto: when it fits on each device")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args(argv)
     if args.griffin_rho < 1 and (args.ds_config or int(os.environ.get("WORLD_SIZE", "1")) > 1):
@@ -171,10 +174,15 @@ def run(args) -> int:
     ids, truncated = encode(records, tokenizer, args.max_source_length - model.prompt_length - 1)
     adapter_ids = model.adapter_ids([r["adapter"] for r in records])
     started = time.time()
-    mine = predict_shard(args, model, tokenizer, ids, adapter_ids, dist)
-    if dist is not None:
+    if dist is None:
+        mine = predict_shard(args, model, tokenizer, ids, adapter_ids, dist)
+    else:
         from trainer import distributed  # only here: a single-device run never imports DeepSpeed
+        from trainer.eval_gather import local_ranks, maybe_whole_backbone
 
+        force = {"auto": None, "always": True, "never": False}[args.gather_backbone]
+        with maybe_whole_backbone(model.backbone, dist.device, local_ranks(dist.world_size), force):
+            mine = predict_shard(args, model, tokenizer, ids, adapter_ids, dist)
         mine = [item for part in distributed.all_gather_objects(mine) for item in part]  # the one gather
     if dist is None or dist.is_main:
         write(args.output, records, sorted(mine))

@@ -282,6 +282,9 @@ class EvalConfig:
     """Examples per rank per generate call."""
     max_new_tokens: int = 8
     """Tokens generated per example."""
+    gather_backbone: typing.Optional[bool] = None
+    """ZeRO-3: gather the whole backbone once per evaluation instead of at every forward and decoding step.
+    None: when it fits on each device (trainer/eval_gather.py); true/false: always/never."""
 
 
 @dataclass
@@ -314,6 +317,8 @@ class RunConfig:
     """Allow an output_dir that holds a run with a different config; it then starts fresh (see checkpoint.resume)."""
     collective_timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before the job fails (a dead rank never hangs it)."""
+    interconnect_gbps: float = 100.0
+    """Inter-node bandwidth of one node in Gbit/s, for the start-up placement check (tools/placement.py)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)

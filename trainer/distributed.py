@@ -284,6 +284,38 @@ def gathered(params, modifier_rank: int | None = None):
     return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
 
+@contextlib.contextmanager
+def whole_backbone(module: torch.nn.Module):
+    """Gather every ZeRO-3 partition of `module` once, keep the whole weights on every rank and lift the
+    per-module gather/release hooks until exit; then partition again and put the hooks back. Call on every rank.
+
+    For evaluation and generation of a backbone that fits on each device: otherwise every decoding step
+    gathers every weight again. This is DeepSpeed's own `unwrap_model_for_generation` (0.19.x,
+    runtime/zero/stage3.py, from TRL; deepspeedai/DeepSpeed#5658), which finds the hooks in the engine's
+    `DeepSpeedZeRoOffload`, the "optimizer" DeepSpeed builds for an engine without one. A no-op when
+    `module` is not partitioned (stage < 3, one device).
+    """
+    engine = next((e for e in _ENGINES if e is module or e.module is module), None)
+    if engine is None:
+        yield
+        return
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+    # Start clean: every weight partitioned and no module still counted as using one. With activation
+    # checkpointing a weight can be left marked in use after backward, and the re-partition at the end of the
+    # gather would then refuse to free it ("still active in submodules").
+    # (Not engine.empty_partition_cache(): the same plus a gc.collect() that takes ~1 s in this process.)
+    getattr(engine.optimizer, "parameter_offload", engine.optimizer).partition_all_parameters()
+    with unwrap_model_for_generation(engine):
+        yield
+
+
+def all_agree(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on every rank: a decision to enter a collective must be the same on all."""
+    votes = all_reduce_sum(torch.tensor([int(flag)], device=device))
+    return int(votes.item()) == dist.get_world_size()
+
+
 def numel(p: torch.nn.Parameter) -> int:
     """Full element count, also of a ZeRO-3 partitioned parameter (whose .numel() is 0 outside a gather)."""
     return p.ds_numel if hasattr(p, "ds_id") else p.numel()

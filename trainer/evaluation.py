@@ -25,11 +25,13 @@ import torch
 from trainer import distributed
 from trainer.config import EvalMode
 from trainer.data import Encoded, collate, eval_shards
+from trainer.eval_gather import gathered_for_evaluation
 from trainer.metrics import idx_key, score, superglue_average
 from trainer.monitor import routing_summary
 from trainer.tasks import Task, get_task
 
 
+@gathered_for_evaluation  # under ZeRO-3, the backbone whole for the evaluation when it fits (eval.gather_backbone)
 def evaluate(run, test: bool = False) -> dict:
     """Predict every example of the eval set (or, with `test`, the test set) exactly once; log and return
     the event: per-task metrics as "<task>/<metric>", their "average" for mixtures, and routing figures."""

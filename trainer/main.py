@@ -35,6 +35,7 @@ from trainer.mixture import build_order  # noqa: E402
 from trainer.model import NoPrompt, PromptedT5  # noqa: E402
 from trainer.monitor import CollapseDetector, Monitor  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
+from trainer.placement_plan import startup_notice  # noqa: E402
 from trainer.ptuning import PromptEncoder  # noqa: E402
 from trainer.router_init import fit_router, router_inputs  # noqa: E402
 from trainer.smop import SMoP, init_prompts  # noqa: E402
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_main:
         write_run_files(run, inputs.ds_config)
         describe(run)
+        if notice := startup_notice(run, inputs.ds_config):  # a faster placement of the backbone fits
+            print(notice)
     log_backbone_norm(run)
     code, result = train_guarded(run)
     if code is not None:
