@@ -11,6 +11,8 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     ...-eager         suffix for any trainer arm: eager T5 attention instead of transformers' default SDPA
     ...-grouped       suffix for any trainer arm: data.group_by_length=50 (length-grouped batches; pair it
                       with --lengths varied, since fixed-length rows have nothing to group)
+    ...-compile       suffix for any trainer arm: train.compile=true (torch.compile of each backbone block; the
+                      compile itself happens in the warm-up steps, reported as warmup_step_s)
     pt-L              this trainer, prompt tuning (prompt.method=prompt_tuning num_prompts=1 prompt_length=L)
     hf-peft-L         Hugging Face Trainer + PEFT prompt tuning (num_virtual_tokens=L), same ZeRO stage
     full-ft           prompt.method=full_finetune, when the trainer has it
@@ -80,7 +82,7 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
     for suffix, flag, value in (("-ckpt", "activation_checkpointing", True), ("-eager", "eager_attention", True),
-                                ("-grouped", "group_by_length", GROUP_WINDOW)):
+                                ("-grouped", "group_by_length", GROUP_WINDOW), ("-compile", "compile", True)):
         if name.endswith(suffix) and not name.startswith("hf-peft"):
             spec = arm_spec(name.removesuffix(suffix), args, size, on_gpu, out)
             return {**spec, "arm": name, "out_dir": str(out / name), flag: value}
@@ -140,7 +142,7 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
     result.update(wall_s=round(time.time() - started, 1), ds_config=spec.get("ds_config"),
                   method=spec.get("method"), num_prompts=spec.get("num_prompts"),
                   prompt_length=spec.get("prompt_length"))
-    for flag in ("activation_checkpointing", "eager_attention"):
+    for flag in ("activation_checkpointing", "eager_attention", "compile"):
         result[flag] = bool(spec.get(flag))
     result.update(group_by_length=spec.get("group_by_length", 0), lengths=spec.get("lengths"))
     if "ds_config_source" in spec:

@@ -70,9 +70,12 @@ def main(spec: dict) -> None:
             train_step(run)
             run.step += 1
 
+    warmup = []  # the first step also compiles under train.compile: its time is the compile's cost
     for _ in range(spec["warmup"]):
+        started = time.perf_counter()
         one_step()
-    sync(device)
+        sync(device)
+        warmup.append(time.perf_counter() - started)
     reset_peak_memory(device)
     timed_from, times = run.step, []
     for _ in range(spec["steps"]):
@@ -105,7 +108,7 @@ def main(spec: dict) -> None:
               "trainable_params": sum(p.numel() for p in run.params),
               "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
               **combine(per_rank, run.order.global_batch, tokens_per_example, run.micro_batch, mean=varied),
-              **pad, **extra})
+              "warmup_step_s_rank0": warmup, **pad, **extra})
     run.monitor.close()
     distributed.barrier()
     distributed.destroy()
@@ -136,6 +139,7 @@ def trainer_overrides(spec: dict, size: Size) -> list[str]:
         f"data.max_target_length={size.target_len}",
         f"train.activation_checkpointing={str(bool(spec.get('activation_checkpointing'))).lower()}",
         f"data.group_by_length={spec.get('group_by_length', 0)}",
+        f"train.compile={str(bool(spec.get('compile'))).lower()}",
         *spec.get("overrides", [])]
 
 

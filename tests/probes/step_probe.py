@@ -148,6 +148,7 @@ def main() -> None:
     args, overrides = p.parse_known_args()
 
     from trainer import distributed, loop
+    from trainer.compile import blocks
     from trainer.main import build_run, read_inputs
 
     out = Path(args.out)
@@ -206,6 +207,7 @@ def main() -> None:
             "grads": captured.get("grads"), "params_before": before, "params_after": after,
             "host_reads": reads.found, "skipped": run.guard.skipped, "generated": generated,
             "trainable_dtypes": sorted({str(q.dtype) for q in run.params}),
+            "compiled_blocks": sum(getattr(b.forward, "__name__", "") == "compiled_forward" for b in blocks(backbone)),
             "optimizer": {"type": type(opt).__name__, "fused": bool(opt.defaults.get("fused")),
                           "state_devices": sorted({str(v.device) for st in opt.state.values() for v in st.values()
                                                    if torch.is_tensor(v)})}}, indent=1))
