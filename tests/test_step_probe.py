@@ -4,15 +4,9 @@ reads a device value on the host (the guard's flags and the non-finite skip stay
 On the CPU a Python-level read (bool/item/tolist/float/int of a tensor) stands in for a device wait; the
 recorder (tests/probes/step_probe.py) attributes each read to the innermost code outside torch.
 """
-import json
-import os
-import subprocess
-import sys
-
 import torch
 
-from tests.launch import REPO
-from tests.probes.step_probe import HostReads
+from tests.probes.step_probe import HostReads, run_probe, step_difference, write_ds_config
 from trainer.config import load_config
 from trainer.optim import build_optimizer, masked_step
 from trainer.smop import SMoP
@@ -53,15 +47,11 @@ def test_recorder_attributes_reads_to_the_code_that_makes_them():
 
 
 def test_training_steps_with_skips_make_no_trainer_host_reads(tmp_path):
-    """4 steps of the real train_step under ZeRO-3, lr 1e30: step 2's update overflows, steps 3 and 4 are
-    non-finite and skipped on the device. The only trainer-side reads allowed on the CPU are those inside
-    torch.optim's for-each AdamW (its step counter, a CPU tensor; fused AdamW on CUDA has none: see above)."""
-    cmd = [sys.executable, str(REPO / "tests/probes/step_probe.py"), str(tmp_path), "--steps", "4",
-           "train.lr=1e30", "train.warmup_ratio=0", "train.max_grad_norm=0", "model.dropout=0"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    probe = json.loads((tmp_path / "probe.json").read_text())
+    """4 steps of the real train_step under ZeRO-3, lr 1e30 with the default clipping: step 2's update
+    overflows, steps 3 and 4 are non-finite and skipped on the device. The only trainer-side reads allowed
+    on the CPU are those inside torch.optim's for-each AdamW (its step counter, a CPU tensor; fused AdamW,
+    used on CUDA, has none: see above)."""
+    probe = run_probe(tmp_path, "--steps", "4", "train.lr=1e30", "train.warmup_ratio=0", "model.dropout=0")
     assert probe["skipped"] == 2 and all(x == x for x in probe["losses"][:2])
     own = [r for r in probe["host_reads"] if r["origin"] == "trainer" and not (r["via"] or "").startswith("optim/")]
     assert own == [], own
@@ -72,14 +62,15 @@ def test_training_steps_with_skips_make_no_trainer_host_reads(tmp_path):
 def test_bf16_step_within_the_gpu_tests_tolerance_of_fp32_on_cpu(tmp_path):
     """test_gpu's comparison, run on the CPU: from the same start, a ZeRO-3 step with a bf16 backbone (fp32
     SMoP) stays within the tolerances test_gpu asserts for CUDA of a replicated fp32 step."""
-    from tests.probes.step_probe import run_probe, step_difference, write_ds_config
     from tests.test_gpu import GRAD_RTOL, LOSS_RTOL, UPDATE_COS
 
     state, common = tmp_path / "start.safetensors", ["--steps", "1", "model.dropout=0"]
-    ref = run_probe(tmp_path / "ref", *common, "--save-backbone", state, f"ds_config={write_ds_config(tmp_path, 0, False)}")
-    bf16 = run_probe(tmp_path / "bf16", *common, "--load-backbone", state, f"ds_config={write_ds_config(tmp_path, 3, True)}")
+    fp32_replicated, bf16_zero3 = write_ds_config(tmp_path, 0, False), write_ds_config(tmp_path, 3, True)
+    ref = run_probe(tmp_path / "ref", *common, "--save-backbone", state, f"ds_config={fp32_replicated}")
+    bf16 = run_probe(tmp_path / "bf16", *common, "--load-backbone", state, f"ds_config={bf16_zero3}")
     diff = step_difference(ref, bf16)
     print(f"\nZeRO-3 bf16 vs replicated fp32: {diff}")
-    assert diff["same_start"] and bf16["backbone_dtype"] == "torch.bfloat16" and bf16["trainable_dtypes"] == ["torch.float32"]
+    assert diff["same_start"] and bf16["backbone_dtype"] == "torch.bfloat16"
+    assert bf16["trainable_dtypes"] == ["torch.float32"]
     assert diff["loss_rel"] <= LOSS_RTOL and diff["grad_rel"] <= GRAD_RTOL and diff["update_cos"] >= UPDATE_COS
     assert diff["grad_rel"] > 1e-4  # bf16 did round: the comparison can tell the two apart
