@@ -238,6 +238,11 @@ def print_table(results: dict, baseline: str, heads: list[dict], meta: dict) -> 
         else:
             print("  ".join(f"{str(c):<{widths[i]}}" for i, c in enumerate(row)))
     for name, r in results.items():
+        if r.get("compile_speedup_paired"):
+            print(f"note: {name}: compiled vs eager blocks, alternating steps in one process: "
+                  f"{r['paired_eager_step_s'] * 1e3:.0f} / {r['paired_compiled_step_s'] * 1e3:.0f} ms = "
+                  f"{r['compile_speedup_paired']:.2f}x; compile (first warm-up step) "
+                  f"{r['warmup_step_s_rank0'][0]:.0f} s")
         if r.get("exit_warning"):
             print(f"note: {name}: figures complete, but {r['exit_warning']}")
     print("\ntargets (the issue's; on the CPU they are informative only):")
