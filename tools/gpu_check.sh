@@ -2,7 +2,7 @@
 # One prepared device check for an H100/H200 machine: at most 8 minutes, wheel install included. Writes
 # everything under one directory and prints a short table last (see docs/benchmarks.md, "GPU check").
 #
-#   tools/gpu_check.sh [--out DIR] [--dry-run] [--size t5-xl] [--arms A,B,...] [--budget-s 480]
+#   tools/gpu_check.sh [--out DIR] [--dry-run] [--size t5-xl] [--arms A,B,...] [--baseline pt-100] [--budget-s 480]
 #                      [--wheels DIR] [--train-overrides "key=value ..."] [--pack]
 #
 # Steps, in order of what they decide, each under its own time limit (cut to what is left of --budget-s):
@@ -25,13 +25,14 @@ cd "$root"
 
 out=${OUT:-runs/gpu_check}
 dry=0 size=t5-xl arms="smop-4x5,pt-100,hf-peft-100,bare,smop-4x5-zero2" budget=480 wheels=.whl
-train_overrides="" pack=0
+train_overrides="" pack=0 baseline=pt-100
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --dry-run) dry=1; shift ;;
     --size) size=$2; shift 2 ;;
     --arms) arms=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
     --budget-s) budget=$2; shift 2 ;;
     --wheels) wheels=$2; shift 2 ;;
     --train-overrides) train_overrides=$2; shift 2 ;;
@@ -121,7 +122,7 @@ if [ $dry -eq 1 ]; then
 else
   bench_args=(--size "$size" --warmup 3 --steps 10 --phase-steps 2 --infer-repeats 2 --arm-timeout 120)
 fi
-run_step bench $([ $dry -eq 1 ] && echo 500 || echo 250) $py tools/bench.py "${bench_args[@]}" --arms "$arms" --baseline pt-100 --out "$raw/bench"
+run_step bench $([ $dry -eq 1 ] && echo 500 || echo 250) $py tools/bench.py "${bench_args[@]}" --arms "$arms" --baseline "$baseline" --out "$raw/bench"
 
 # 4. the GPU-marked tests (on the CPU they skip: the dry run checks that they are collected and skip cleanly)
 run_step tests $([ $dry -eq 1 ] && echo 120 || echo 150) \
