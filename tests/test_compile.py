@@ -1,8 +1,8 @@
 """train.compile=true (trainer/compile.py) changes how the backbone's blocks run, not what they compute.
 
-One-layer T5 and two steps: Inductor's compile of the block graphs takes most of a minute on 2 CPU cores;
-the ZeRO-3 run reuses the replicated run's compiled kernels (Inductor's on-disk cache), so its cost is
-mostly tracing. Dropout off: a compiled block draws dropout masks from Inductor's random stream.
+One-layer T5 and two steps, to keep Inductor's compile short on 2 CPU cores (about 2.5 minutes for both
+cases with a warm Inductor cache on the loaded shared machine; more when cold). Dropout off: a compiled
+block draws dropout masks from Inductor's random stream.
 """
 import pytest
 
