@@ -6,8 +6,8 @@ code, so one compiled graph (forward and backward) serves all blocks of a stack 
 other entry points of the model stay untouched. Only training steps use the compiled forward (the block is
 in training mode): evaluation and generation run eagerly, where the growing key/value cache of decoding
 would otherwise recompile. Under ZeRO-3 each block is made a DeepSpeed "leaf" module first
-(`trainer.distributed.gather_whole_blocks`), so its parameters are gathered once before the compiled forward instead
-of by hooks on every linear layer inside it, which would break the graph at each one.
+(`trainer.distributed.gather_whole_blocks`), so its parameters are gathered once before the compiled
+forward instead of by hooks on every linear layer inside it, which would break the graph at each one.
 
 Dropout inside a compiled block draws from Inductor's random stream, not eager PyTorch's: with dropout on,
 a compiled run is as valid as an eager one but not the same run. With dropout off the losses agree to
@@ -32,6 +32,8 @@ def compile_blocks(model: nn.Module, zero3: bool, backend: str = "inductor") -> 
         gather_whole_blocks(model, list({type(b) for b in blocks(model)}))
     for block in blocks(model):
         eager = block.forward
+        # dynamic: padded lengths change from batch to batch and the encoder and decoder blocks share code, so
+        # shapes would otherwise recompile the graph (once static, then again dynamic) on the second shape seen.
         compiled = torch.compile(eager, backend=backend, dynamic=True)
 
         def compiled_forward(*args, _block=block, _eager=eager, _compiled=compiled, **kwargs):
