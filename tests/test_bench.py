@@ -13,6 +13,7 @@ import pytest
 from tests.launch import REPO
 from tools.bench import arm_spec
 from tools.bench_common import SIZES
+from tools.bench_worker import trainer_overrides
 
 FIGURES = ("step_time_s", "samples_per_s", "tokens_per_s", "peak_memory_bytes", "peak_memory_bytes_per_rank",
            "phases_s", "latency_s_per_example", "inference_flops_per_example", "train_flops_per_example", "mfu",
@@ -100,3 +101,7 @@ def test_arm_names_parse_to_trainer_settings(tmp_path):
     assert "unknown arm" in arm_spec("nonsense", args, size, False, tmp_path)["error"]
     grouped = arm_spec("pt-20-grouped", args, size, False, tmp_path)
     assert (grouped["method"], grouped["prompt_length"], grouped["group_by_length"]) == ("prompt_tuning", 20, 50)
+    compiled = arm_spec("smop-4x5-zero2-compile", args, size, False, tmp_path)
+    assert compiled["compile"] is True and compiled["ds_config"] == zero2["ds_config"]
+    assert "train.compile=true" in trainer_overrides(compiled, size)
+    assert "train.compile=false" in trainer_overrides(smop, size)

@@ -14,6 +14,8 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     ...-gathered      suffix for any trainer arm: the latency measured with the ZeRO-3 backbone gathered once
                       beforehand (trainer/eval_gather.py, as evaluation does when it fits); the one-time
                       gather is reported apart as gather_s
+    ...-compile       suffix for any trainer arm: train.compile=true (torch.compile of each backbone block; the
+                      compile itself happens in the warm-up steps, reported as warmup_step_s)
     pt-L              this trainer, prompt tuning (prompt.method=prompt_tuning num_prompts=1 prompt_length=L)
     hf-peft-L         Hugging Face Trainer + PEFT prompt tuning (num_virtual_tokens=L), same ZeRO stage
     full-ft           prompt.method=full_finetune, when the trainer has it
@@ -83,7 +85,8 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
     for suffix, flag, value in (("-ckpt", "activation_checkpointing", True), ("-eager", "eager_attention", True),
-                                ("-grouped", "group_by_length", GROUP_WINDOW), ("-gathered", "gathered_eval", True)):
+                                ("-grouped", "group_by_length", GROUP_WINDOW), ("-gathered", "gathered_eval", True),
+                                ("-compile", "compile", True)):
         if name.endswith(suffix) and not name.startswith("hf-peft"):
             spec = arm_spec(name.removesuffix(suffix), args, size, on_gpu, out)
             return {**spec, "arm": name, "out_dir": str(out / name), flag: value}
@@ -143,7 +146,7 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
     result.update(wall_s=round(time.time() - started, 1), ds_config=spec.get("ds_config"),
                   method=spec.get("method"), num_prompts=spec.get("num_prompts"),
                   prompt_length=spec.get("prompt_length"))
-    for flag in ("activation_checkpointing", "eager_attention"):
+    for flag in ("activation_checkpointing", "eager_attention", "compile"):
         result[flag] = bool(spec.get(flag))
     result.update(group_by_length=spec.get("group_by_length", 0), lengths=spec.get("lengths"))
     if "ds_config_source" in spec:
@@ -239,6 +242,11 @@ def print_table(results: dict, baseline: str, heads: list[dict], meta: dict) -> 
         else:
             print("  ".join(f"{str(c):<{widths[i]}}" for i, c in enumerate(row)))
     for name, r in results.items():
+        if r.get("compile_speedup_paired"):
+            print(f"note: {name}: compiled vs eager blocks, alternating steps in one process: "
+                  f"{r['paired_eager_step_s'] * 1e3:.0f} / {r['paired_compiled_step_s'] * 1e3:.0f} ms = "
+                  f"{r['compile_speedup_paired']:.2f}x; compile (first warm-up step) "
+                  f"{r['warmup_step_s_rank0'][0]:.0f} s")
         if r.get("exit_warning"):
             print(f"note: {name}: figures complete, but {r['exit_warning']}")
     print("\ntargets (the issue's; on the CPU they are informative only):")

@@ -70,9 +70,12 @@ def main(spec: dict) -> None:
             train_step(run)
             run.step += 1
 
+    warmup = []  # the first step also compiles under train.compile: its time is the compile's cost
     for _ in range(spec["warmup"]):
+        started = time.perf_counter()
         one_step()
-    sync(device)
+        sync(device)
+        warmup.append(time.perf_counter() - started)
     reset_peak_memory(device)
     timed_from, times = run.step, []
     for _ in range(spec["steps"]):
@@ -84,6 +87,7 @@ def main(spec: dict) -> None:
     phases = (bare_phases(one_step, device, spec["phase_steps"]) if spec["kind"] == "bare"
               else trainer_phases(run, device, spec["phase_steps"]))
     paired = paired_overhead(one_step, run, device, spec["steps"]) if spec["kind"] == "bare" else None
+    paired_compile = compile_ab(run, device, spec["steps"]) if spec.get("compile") else None
     latency, gather_s = None, None
     if spec["kind"] != "bare" and spec["infer_repeats"] > 0:
         from trainer.eval_gather import maybe_whole_backbone
@@ -93,7 +97,8 @@ def main(spec: dict) -> None:
         with maybe_whole_backbone(run.model.backbone, device, 1, bool(spec.get("gathered_eval"))) as gathered:
             gather_s = time.perf_counter() - started if gathered else None
             latency = generation_latency(run, batch, size.gen_tokens, spec["infer_repeats"])
-    per_rank = distributed.all_gather_objects({**rank_figures(times, phases, mem, latency), "paired": paired})
+    per_rank = distributed.all_gather_objects({**rank_figures(times, phases, mem, latency), "paired": paired,
+                                               "paired_compile": paired_compile})
     if dist.is_main:
         extra = {}
         if paired is not None:
@@ -101,6 +106,11 @@ def main(spec: dict) -> None:
             trainer_s = max(median(r["paired"]["trainer"]) for r in per_rank)
             extra = {"paired_bare_step_s": bare_s, "paired_trainer_step_s": trainer_s,
                      "trainer_overhead_paired": trainer_s / bare_s - 1}
+        if paired_compile is not None:
+            eager_s = max(median(r["paired_compile"]["eager"]) for r in per_rank)
+            compiled_s = max(median(r["paired_compile"]["compiled"]) for r in per_rank)
+            extra = {"paired_eager_step_s": eager_s, "paired_compiled_step_s": compiled_s,
+                     "compile_speedup_paired": eager_s / compiled_s}
         backbone = list(run.model.backbone.parameters())
         pad = padding(run, range(timed_from, timed_from + spec["steps"])) if spec["kind"] != "bare" else {}
         tokens_per_example = (pad["input_tokens_per_example"] if varied and pad else size.seq_len) + size.target_len
@@ -110,7 +120,7 @@ def main(spec: dict) -> None:
               "trainable_params": sum(p.numel() for p in run.params),
               "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
               **combine(per_rank, run.order.global_batch, tokens_per_example, run.micro_batch, mean=varied),
-              **pad, **extra, "gather_s": gather_s})
+              "warmup_step_s_rank0": warmup, **pad, **extra, "gather_s": gather_s})
     run.monitor.close()
     distributed.barrier()
     distributed.destroy()
@@ -141,6 +151,7 @@ def trainer_overrides(spec: dict, size: Size) -> list[str]:
         f"data.max_target_length={size.target_len}",
         f"train.activation_checkpointing={str(bool(spec.get('activation_checkpointing'))).lower()}",
         f"data.group_by_length={spec.get('group_by_length', 0)}",
+        f"train.compile={str(bool(spec.get('compile'))).lower()}",
         *spec.get("overrides", [])]
 
 
@@ -185,6 +196,32 @@ def paired_overhead(bare_one_step, run, device: torch.device, steps: int) -> dic
             sync(device)
             out[name].append(time.perf_counter() - started)
         run.step += 1
+    return out
+
+
+def compile_ab(run, device: torch.device, steps: int) -> dict:
+    """train.compile arms: alternate `train_step` with the blocks' eager and compiled forwards on the same
+    model (trainer/compile.py keeps the eager one beside the compiled), so load drift hits both alike."""
+    from trainer.compile import blocks
+    from trainer.loop import train_step
+
+    model = getattr(run.model.backbone, "module", run.model.backbone)
+    wrappers = [b.forward for b in blocks(model)]
+    out = {"eager": [], "compiled": []}
+    try:
+        for _ in range(steps):
+            for name in ("eager", "compiled"):
+                for b, w in zip(blocks(model), wrappers):
+                    b.forward = w.eager if name == "eager" else w
+                sync(device)
+                started = time.perf_counter()
+                train_step(run)
+                sync(device)
+                out[name].append(time.perf_counter() - started)
+                run.step += 1
+    finally:
+        for b, w in zip(blocks(model), wrappers):
+            b.forward = w
     return out
 
 

@@ -60,6 +60,9 @@ def step_name(step: int) -> str:
 def save(run, reason: str) -> Path:
     """Write a checkpoint of `run` at its current step; called on every rank (it gathers the RNG states)."""
     rng = distributed.all_gather_objects(torch.get_rng_state())  # dropout draws differ per rank
+    # On CUDA dropout draws from the device's generator, which the CPU state above does not cover.
+    device_rng = distributed.all_gather_objects(
+        torch.cuda.get_rng_state(run.dist.device) if run.dist.device.type == "cuda" else None)
     root, name = checkpoints_dir(run.cfg), step_name(run.step)
     if run.dist.is_main:
         tmp = root / f".tmp-{name}"
@@ -68,7 +71,7 @@ def save(run, reason: str) -> Path:
         save_file({k: v.detach().cpu().contiguous() for k, v in run.model.smop.state_dict().items()},
                   str(tmp / "smop.safetensors"))
         torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                    "rng": rng}, tmp / "state.pt")
+                    "rng": rng, "device_rng": device_rng}, tmp / "state.pt")
         meta = {"format": FORMAT, "step": run.step, "reason": reason, "world_size": run.dist.world_size,
                 "global_batch": run.order.global_batch, "micro_batch": run.micro_batch,
                 "accum_steps": run.accum_steps, "nonfinite_skipped": run.guard.skipped,
@@ -211,6 +214,9 @@ def restore(run, resume: Resume | None) -> None:
     rng = state["rng"]
     if len(rng) == run.dist.world_size:
         torch.set_rng_state(rng[run.dist.rank])
+        device_rng = state.get("device_rng", [None] * len(rng))[run.dist.rank]  # absent before CUDA states
+        if device_rng is not None and run.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(device_rng, run.dist.device)
     else:  # dropout masks cannot match another world size anyway; keep ranks distinct and reproducible
         torch.manual_seed(run.cfg.seed * 1_000_003 + run.step * 101 + run.dist.rank)
     _drop_later_events(run)

@@ -240,6 +240,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each backbone block in backward instead of keeping its activations: less memory, more
     compute (and under ZeRO-3 one more gather per block). See docs/benchmarks.md for the trade-off."""
+    compile: bool = False
+    """torch.compile each backbone block's forward for training steps (evaluation stays eager); off by default:
+    see docs/benchmarks.md for compile time and speed, trainer/compile.py for how."""
     check_replicas_every: int = 0
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
     max_nonfinite: int = 5

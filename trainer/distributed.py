@@ -201,6 +201,15 @@ def zero3_construction(ds_config: dict):
         del keep_alive
 
 
+def gather_whole_blocks(model: torch.nn.Module, block_classes: list[type]) -> None:
+    """ZeRO-3: gather each block of `block_classes` in one go, by a hook on the block itself, with no hooks on
+    the modules inside it (DeepSpeed's "z3 leaf" modules). A compiled block forward then sees whole weights
+    without a graph break at every linear layer. Call before `shard_backbone`."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    set_z3_leaf_modules(model, block_classes)
+
+
 _ENGINES: list = []
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import save_file  # noqa: E402
 from trainer import distributed, resume  # noqa: E402
 from trainer.adapter import adapter_meta, save_adapter  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
+from trainer.compile import compile_blocks  # noqa: E402
 from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInit, RouterInput, RunConfig,  # noqa: E402
                             load_config, prompt_positions, to_dict)
 from trainer.data import encode, task_names  # noqa: E402
@@ -177,6 +178,8 @@ def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
     if t.activation_checkpointing:
         # Non-reentrant: the backbone is frozen, and only the activations (the prompts' path) need gradients.
         model.activation_checkpointing_enable({"use_reentrant": False})
+    if t.compile:
+        compile_blocks(model, distributed.is_zero3(ds_config))
     if p.method == Method.FULL_FINETUNE:
         engine = distributed.shard_trainable_backbone(model, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
                                                       lambda optimizer: build_scheduler(optimizer, t))
