@@ -15,7 +15,8 @@ MAIN = str(REPO / "trainer" / "main.py")
 
 # A random 2-layer d=32 T5 on the shipped RTE data and a handful of steps (the SuperGLUE smoke run, shrunk):
 # distributed behaviour, not learning, is under test.
-TINY = ["model.name_or_path=tiny", "data.task=rte", "model.tiny.d_model=32", "model.tiny.d_ff=64", "model.tiny.d_kv=8", "model.tiny.num_heads=4",
+TINY = ["model.name_or_path=tiny", "data.task=rte",
+        "model.tiny.d_model=32", "model.tiny.d_ff=64", "model.tiny.d_kv=8", "model.tiny.num_heads=4",
         "model.tiny.num_layers=2", "train.max_steps=4", "train.log_every=1", "train.eval_every=0",
         "train.micro_batch_size=4", "data.max_eval_examples=16", "eval.batch_size=8",
         "monitor.plots=false"]  # pictures cost a second per run: tests/test_end_to_end.py draws them

@@ -11,7 +11,8 @@ import torch
 from trainer.backbone import build_backbone
 from trainer.config import load_config
 
-SHAPE = ["model.tiny.d_model=64", "model.tiny.d_ff=128", "model.tiny.d_kv=16", "model.tiny.num_heads=4",
+SHAPE = ["model.name_or_path=tiny",
+         "model.tiny.d_model=64", "model.tiny.d_ff=128", "model.tiny.d_kv=16", "model.tiny.num_heads=4",
          "model.tiny.num_layers=2", "model.dropout=0.0"]
 
 

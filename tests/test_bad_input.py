@@ -37,7 +37,8 @@ def one_line_error(call, *needles) -> str:
 
 
 def inputs(tmp_path, data_dir, *overrides):
-    return lambda: read_inputs(None, [f"output_dir={tmp_path / 'out'}", f"data.data_dir={data_dir}", *overrides])
+    return lambda: read_inputs(None, [f"output_dir={tmp_path / 'out'}", f"data.data_dir={data_dir}", "data.task=rte",
+                                      *overrides])
 
 
 def rewrite_line(path: Path, lineno: int, text: str) -> None:

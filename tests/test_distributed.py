@@ -11,9 +11,9 @@ from tests.launch import events, run_trainer
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same global batch of 8 at every step: 1 rank x 2 micro batches of 4, and 2 ranks x 1 x 4; the router
-    centred (the default) and in a parameter group of its own."""
+    centred, started from k-means rows and in a parameter group of its own."""
     common = ["model.dropout=0", "train.global_batch_size=8", "train.check_replicas_every=1", "train.max_steps=5",
-              "train.router_lr=0.05"]
+              "train.router_lr=0.05", "prompt.router_input=centered", "prompt.router_init=kmeans"]
     one = tmp_path_factory.mktemp("one")
     two = tmp_path_factory.mktemp("two")
     run_trainer(one, *common, nproc=1)
@@ -32,7 +32,7 @@ def test_two_ranks_match_one_rank(runs):
     assert final_one.keys() == final_two.keys() == {"prompts", "router.proj.weight", "router.center"}
     for name in final_one:
         torch.testing.assert_close(final_one[name], final_two[name], rtol=1e-5, atol=1e-6)
-    # The centre is estimated before step 0 from the data alone: the same vector on 1 and 2 ranks, not zero.
+    # The centre is computed before step 0 from the data alone: the same vector on 1 and 2 ranks, not zero.
     assert torch.equal(final_one["router.center"], final_two["router.center"])
     assert final_one["router.center"].norm() > 0
 

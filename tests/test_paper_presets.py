@@ -7,7 +7,8 @@ import shlex
 
 import pytest
 
-from trainer.config import REPO_ROOT, EvalMode, Method, OptimizerName, Schedule, Splits, load_config
+from trainer.config import (REPO_ROOT, EvalMode, Method, OptimizerName, RouterInit, RouterInput, Schedule, Splits,
+                            load_config)
 from trainer.tasks import TASKS
 
 PRESETS = sorted((REPO_ROOT / "configs" / "paper").glob("*.yaml"))
@@ -42,6 +43,8 @@ def test_paper_setting(path):
     assert cfg.eval.mode == EvalMode.GENERATE
     if p.method == Method.SMOP:
         assert (p.num_prompts, p.prompt_length) == (4, 5)
+        # the paper's router, not the trainer's default: raw input, orthogonal rows, one learning rate
+        assert (p.router_input, p.router_init, t.router_lr) == (RouterInput.RAW, RouterInit.ORTHOGONAL, 0.0)
     else:
         assert p.num_prompts == 1
         for length in (5, 20, 50, 100):  # the paper's prompt-tuning grid

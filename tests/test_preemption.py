@@ -121,7 +121,8 @@ def test_routing_collapse_warns_once_and_stop_on_collapse_saves_and_exits_5(tmp_
     watch, stop = tmp_path / "watch", tmp_path / "stop"
     proc = run_trainer(watch, *common)
     collapses = events(watch, "routing_collapse")
-    assert len(collapses) == 1 and collapses[0]["routing_entropy"] < 0.2, [e["routing_entropy"] for e in events(watch, "train")]
+    entropies = [e["routing_entropy"] for e in events(watch, "train")]
+    assert len(collapses) == 1 and collapses[0]["routing_entropy"] < 0.2, entropies
     step = collapses[0]["step"]
     train = {e["step"]: e["routing_entropy"] for e in events(watch, "train")}
     assert train[step] < 0.2 and train[step - 1] < 0.2 and max(train) == 12  # the run went on to the end

@@ -14,9 +14,13 @@ FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 
 
 def test_official_splits_of_the_embedded_data():
-    splits = load_splits(DataConfig())
+    splits = load_splits(DataConfig(task="rte"))
     assert (splits.train.name, splits.eval.name, splits.test) == ("train", "val", None)
     assert (len(splits.train.examples), len(splits.eval.examples)) == (800, 128)
+    mixture = load_splits(DataConfig())  # the default: the four jsonl:NAME sub-tasks of the synthetic mixture
+    assert (len(mixture.train.examples), len(mixture.eval.examples)) == (2000, 200)
+    assert mixture.train.task_ids == [t for t in range(4) for _ in range(500)]
+    assert mixture.train.examples[500].input.split()[0][0] == "b"  # reverse: region b
 
 
 def test_paper_splits_of_a_mixture():

@@ -48,6 +48,11 @@ class RouterInput(str, enum.Enum):
     RAW = "raw"
 
 
+class RouterInit(str, enum.Enum):
+    ORTHOGONAL = "orthogonal"
+    KMEANS = "kmeans"
+
+
 class PromptInit(str, enum.Enum):
     NORMAL = "normal"
     UNIFORM = "uniform"
@@ -141,8 +146,11 @@ class PromptConfig:
     """What the router reads: 'centered' (the mean input embedding minus its mean over training examples,
     estimated before step 0 and saved with the router) or 'raw' (the paper's: the mean input embedding as
     it is). See README "Routing that mixes" for why centered is the default."""
+    router_init: RouterInit = RouterInit.KMEANS
+    """Router rows at step 0: 'orthogonal' (the paper's) or 'kmeans' (unit-norm k-means centroids of the
+    (centred) router inputs of a training sample: each cluster of inputs starts on its own prompt)."""
     router_center_examples: int = 4096
-    """router_input=centered: training examples (evenly spaced over the training set) averaged for the centre."""
+    """Training examples (evenly spaced over the training set) that the centre and k-means are computed from."""
     init: PromptInit = PromptInit.NORMAL
     """Prompt init: normal N(0,1) (official code), uniform U[-0.5,0.5], vocab (sampled token embeddings), text."""
     init_text: str = ""
@@ -236,8 +244,10 @@ class TrainConfig:
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
     max_nonfinite: int = 5
     """A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run."""
-    router_lr: float = 0.0
-    """Peak learning rate of the router (its own parameter group, same schedule); 0: train.lr."""
+    router_lr: float = 0.003
+    """Peak learning rate of the router (its own parameter group, same schedule); 0: train.lr. Small by
+    default: at prompt-tuning rates (0.3) AdamW rewrites the unit-norm router rows within a few steps and
+    the routing of the k-means start is lost (README "Routing that mixes")."""
 
 
 @dataclass

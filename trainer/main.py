@@ -23,10 +23,9 @@ from safetensors.torch import save_file  # noqa: E402
 from trainer import distributed, resume  # noqa: E402
 from trainer.adapter import adapter_meta, save_adapter  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
-from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInput, RunConfig, load_config,  # noqa: E402
-                            prompt_positions, to_dict)
+from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInit, RouterInput, RunConfig,  # noqa: E402
+                            load_config, prompt_positions, to_dict)
 from trainer.data import encode, task_names  # noqa: E402
-from trainer.centering import estimate_center  # noqa: E402
 from trainer.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss  # noqa: E402
 from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
 from trainer.evaluation import evaluate  # noqa: E402
@@ -37,6 +36,7 @@ from trainer.model import NoPrompt, PromptedT5  # noqa: E402
 from trainer.monitor import CollapseDetector, Monitor  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
 from trainer.ptuning import PromptEncoder  # noqa: E402
+from trainer.router_init import fit_router, router_inputs  # noqa: E402
 from trainer.smop import SMoP, init_prompts  # noqa: E402
 from trainer.splits import RunSplits, load_splits  # noqa: E402
 from trainer.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
@@ -149,9 +149,12 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
         if s is not None else None for s in (splits.train, splits.eval, splits.test))
     backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device)
     router = getattr(smop, "router", None)
-    if router is not None and router.center is not None:  # resume then overwrites it with the saved (same) one
-        router.center.copy_(estimate_center(backbone.get_input_embeddings(), train_data, tokenizer.pad_token_id,
-                                            dist.rank, dist.world_size, dist.device, p.router_center_examples))
+    kmeans = p.router_init == RouterInit.KMEANS
+    if router is not None and router.proj is not None and (router.center is not None or kmeans):
+        # Before step 0, from the data; resume then loads the saved (identical) values over these.
+        x = router_inputs(backbone.get_input_embeddings(), train_data, tokenizer.pad_token_id, dist.device,
+                          p.router_center_examples)
+        fit_router(router, x, kmeans, cfg.seed)
     m = cfg.monitor
     watched = router is not None and router.proj is not None and m.collapse_entropy > 0
     return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,

@@ -57,7 +57,7 @@ class Router(nn.Module):
             input embedding of every example shares one large direction (embedding anisotropy), so raw
             logits differ more between prompts than between examples and one prompt can win everywhere from
             initialisation on; with the training-set mean removed, the logits see what tells inputs apart.
-            `center` is a buffer: set once before training (trainer/centering.py) and saved with the router,
+            `center` is a buffer: set once before training (trainer/router_init.py) and saved with the router,
             so evaluation, resume and adapters route exactly as training did. False: the paper's router.
 
     Input shape: pooled (batch, d_model); noise (batch, k) standard normal or None (drawn here).
