@@ -97,7 +97,7 @@ def results_table(results: dict) -> str:
                  " / ".join(f"{a:.1f}" for a in row["per_seed"]), f"{row['dev_final']:.1f}",
                  f"{row['plateau_gain']:+.1f} (from step {row['plateau_from']})", _collapsed(row),
                  f"{row['s_per_step']:.3f}", f"{row['peak_memory_mb']:.0f}", f"{row['trainable_params']:,}",
-                 f"{row['flops'] / 1e3:,.0f}"]
+                 f"{row['flops'] / 1e3:,.1f}"]
         lines.append(f"| {arm} | " + " | ".join(cells) + (f" ({row['failed']} failed)" if row["failed"] else "")
                      + " |")
     return "\n".join(lines)
