@@ -52,10 +52,10 @@ ARMS = {
                         PROMPT_GRID),
     "prompt-tuning-20": (["prompt.method=prompt_tuning", "prompt.num_prompts=1", "prompt.prompt_length=20"],
                          PROMPT_GRID),
-    "smop-paper": (SMOP + ["prompt.router_input=raw", *PAPER_ROUTER], PROMPT_GRID),
-    "smop-centered": (SMOP + ["prompt.router_input=centered", *PAPER_ROUTER], PROMPT_GRID),
     "iapt": (["prompt.method=iapt", "prompt.iapt_bottleneck=16"], DENSE_GRID),
     "full-finetune": (["prompt.method=full_finetune"], (1e-4, 3e-4, 1e-3)),
+    "smop-paper": (SMOP + ["prompt.router_input=raw", *PAPER_ROUTER], PROMPT_GRID),
+    "smop-centered": (SMOP + ["prompt.router_input=centered", *PAPER_ROUTER], PROMPT_GRID),
     "smop-balance": (SMOP + ["prompt.router_input=raw", *PAPER_ROUTER, "prompt.balance_coef=0.01"], PROMPT_GRID),
     "ptuning": (["prompt.method=ptuning", "prompt.num_prompts=1", "prompt.prompt_length=5",
                  "prompt.ptuning_encoder=mlp"], DENSE_GRID),
@@ -87,12 +87,12 @@ def run_dir(args, arm: str, lr: float, seed: int) -> Path:
 def train(arm: str, lr: float, seed: int, args) -> dict:
     """One run through trainer/main.py (skipped when its summary.json exists); its summary."""
     out = run_dir(args, arm, lr, seed)
-    done = out / "summary.json"
-    if done.exists():
+    done, overrides = out / "summary.json", run_overrides(arm, lr, seed, args, out)
+    if done.exists() and json.loads(done.read_text())["overrides"] == overrides:
         return json.loads(done.read_text())
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cmd = [sys.executable, str(REPO / "trainer" / "main.py"), *run_overrides(arm, lr, seed, args, out)]
+    cmd = [sys.executable, str(REPO / "trainer" / "main.py"), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(out / "train.log", "w") as log:
         code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -100,7 +100,7 @@ def train(arm: str, lr: float, seed: int, args) -> dict:
         tail = (out / "train.log").read_text()[-2000:]
         summary = {"arm": arm, "lr": lr, "seed": seed, "failed": f"exit {code}: ...{tail}"}
     else:
-        summary = {"arm": arm, "lr": lr, "seed": seed, **summarise(out / "metrics.jsonl")}
+        summary = {"arm": arm, "lr": lr, "seed": seed, **summarise(out / "metrics.jsonl"), "overrides": overrides}
         done.write_text(json.dumps(summary, indent=1))
     with PRINT_LOCK:
         verdict = summary.get("failed", "").splitlines()[0] if "failed" in summary else (
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="the first one is also the sweep's seed")
     parser.add_argument("--fixed-lr", type=float, help="train every arm at this learning rate: no sweep")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=25, help="steps between dev evaluations")
     parser.add_argument("--batch", type=int, default=32, help="examples per step")
     parser.add_argument("--train-per-task", type=int, default=500, help="training records per sub-task "
@@ -166,14 +166,19 @@ def main(argv=None) -> dict:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "ds_config.json").write_text(json.dumps(DS_CONFIG, indent=2))
-    write_mixture(work / "data", 0, args.train_per_task, args.val_per_task)
+    if not args.report_only:  # (a report beside a running benchmark must not rewrite what its runs read)
+        (work / "ds_config.json").write_text(json.dumps(DS_CONFIG, indent=2))
+        write_mixture(work / "data", 0, args.train_per_task, args.val_per_task)
     grids = {arm: (args.fixed_lr,) if args.fixed_lr else ARMS[arm][1] for arm in args.arms}
     seeds = args.seeds
     if args.report_only:
         sweeps = {arm: {lr: _load(args, arm, lr, seeds[0]) for lr in grid} for arm, grid in grids.items()}
         chosen = {arm: choose_lr(s) for arm, s in sweeps.items()}
-        runs = {arm: [_load(args, arm, chosen[arm], seed) for seed in seeds] for arm in args.arms}
+        # an arm whose sweep is unfinished has no chosen rate yet: none of its seeds count
+        swept = {arm: all(r.get("failed") != NOT_RUN for r in sweep.values()) for arm, sweep in sweeps.items()}
+        runs = {arm: [_load(args, arm, chosen[arm], seed) if swept[arm] else
+                      {"arm": arm, "lr": chosen[arm], "seed": seed, "failed": NOT_RUN} for seed in seeds]
+                for arm in args.arms}
     else:
         sweeps, chosen, seed_jobs = {}, {}, {}
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -206,10 +211,14 @@ def main(argv=None) -> dict:
 
 
 def _load(args, arm: str, lr: float, seed: int) -> dict:
-    path = run_dir(args, arm, lr, seed) / "summary.json"
-    if not path.exists():
-        return {"arm": arm, "lr": lr, "seed": seed, "failed": f"no {path}"}
+    out = run_dir(args, arm, lr, seed)
+    path = out / "summary.json"
+    if not path.exists() or json.loads(path.read_text())["overrides"] != run_overrides(arm, lr, seed, args, out):
+        return {"arm": arm, "lr": lr, "seed": seed, "failed": NOT_RUN}
     return json.loads(path.read_text())
+
+
+NOT_RUN = "not run"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

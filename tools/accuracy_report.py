@@ -58,6 +58,7 @@ def summarise_arms(results: dict, data_dir: Path) -> dict:
     for arm, runs in results["runs"].items():
         ok = [r for r in runs if "failed" not in r]
         row = {"lr": results["chosen_lr"][arm], "seeds": [r["seed"] for r in ok], "failed": len(runs) - len(ok),
+               "not_run": sum(r.get("failed") == "not run" for r in runs),
                "flops": inference_flops(arm, data_dir)}
         if ok:
             avgs = [r["test"]["average"] for r in ok]
@@ -91,21 +92,24 @@ def results_table(results: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for arm, row in results["summary"].items():
         if "mean" not in row:
-            lines.append(f"| {arm} | {row['lr']:g} | all runs failed |" + " |" * (len(head) - 3))
+            why = "not run (time budget)" if row["not_run"] == row["failed"] else "all runs failed"
+            lines.append(f"| {arm} | — | {why} |" + " |" * (len(head) - 3))
             continue
-        cells = [f"{row['lr']:g}", f"**{row['mean']:.1f}** ± {row['std']:.1f}",
+        missing = f" ({len(row['seeds'])} of {row['failed'] + len(row['seeds'])} seeds)" if row["failed"] else ""
+        cells = [f"{row['lr']:g}", f"**{row['mean']:.1f}** ± {row['std']:.1f}{missing}",
                  " / ".join(f"{a:.1f}" for a in row["per_seed"]), f"{row['dev_final']:.1f}",
                  f"{row['plateau_gain']:+.1f} (from step {row['plateau_from']})", _collapsed(row),
                  f"{row['s_per_step']:.3f}", f"{row['peak_memory_mb']:.0f}", f"{row['trainable_params']:,}",
                  f"{row['flops'] / 1e3:,.1f}"]
-        lines.append(f"| {arm} | " + " | ".join(cells) + (f" ({row['failed']} failed)" if row["failed"] else "")
-                     + " |")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def task_table(results: dict) -> str:
     rows = {a: r for a, r in results["summary"].items() if "tasks" in r}
-    tasks = list(next(iter(rows.values()))["tasks"]) if rows else []
+    if not rows:
+        return "(no finished arm)"
+    tasks = list(next(iter(rows.values()))["tasks"])
     lines = ["| arm | " + " | ".join(t.split("/")[0] for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
     lines += [f"| {a} | " + " | ".join(f"{r['tasks'][t]:.1f}" for t in tasks) + " |" for a, r in rows.items()]
     return "\n".join(lines)
@@ -117,8 +121,9 @@ def sweep_table(results: dict) -> str:
     for arm, sweep in results["sweeps"].items():
         cells = []
         for s in sweep:
-            text = "failed" if "failed" in s else f"{s['dev_final']:.1f}"
-            bold = "**" if s["lr"] == results["chosen_lr"][arm] else ""
+            text = ("not run" if s["failed"] == "not run" else "failed") if "failed" in s else f"{s['dev_final']:.1f}"
+            complete = all("failed" not in x for x in sweep)
+            bold = "**" if complete and s["lr"] == results["chosen_lr"][arm] else ""
             cells.append(f"{bold}{s['lr']:g}: {text}{bold}")
         lines.append(f"| {arm} | " + ", ".join(cells) + " |")
     return "\n".join(lines)
@@ -143,7 +148,7 @@ def routing_tables(results: dict) -> str:
             out.append(f"| {r['seed']} | " + " | ".join(cells) + f" | {verdict['distinct']} | "
                        + ("**yes**" if verdict["collapsed"] else "no") + " |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out) or "(no finished routed arm)"
 
 
 def targets(results: dict) -> str:
@@ -182,12 +187,12 @@ def plot_dev_curves(results: dict, png: Path) -> None:
         steps = [s for s, _ in ok[0]["dev_curve"]]
         values = np.array([[a for _, a in r["dev_curve"]] for r in ok])
         mean, std = values.mean(0), values.std(0)
-        style = "-" if i < 10 else "--"
-        curves_ax.plot(steps, mean, style, color=f"C{i % 10}", marker=".", label=f"{arm} (lr {results['chosen_lr'][arm]:g})")
-        curves_ax.fill_between(steps, mean - std, mean + std, color=f"C{i % 10}", alpha=0.12)
+        style, color = "-" if i < 10 else "--", f"C{i % 10}"
+        curves_ax.plot(steps, mean, style, color=color, marker=".", label=f"{arm} (lr {results['chosen_lr'][arm]:g})")
+        curves_ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.12)
         sweep = [s for s in results["sweeps"][arm] if "failed" not in s]
-        sweep_ax.plot([s["lr"] for s in sweep], [s["dev_final"] for s in sweep], style, color=f"C{i % 10}",
-                      marker="o", label=arm)
+        sweep_ax.plot([s["lr"] for s in sweep], [s["dev_final"] for s in sweep], style, color=color, marker="o",
+                      label=arm)
     curves_ax.set(xlabel="step", ylabel="dev average exact match (%)", ylim=(0, 100),
                   title=f"dev curves, mean over seeds {results['settings']['seeds']} (band: ± 1 std)")
     curves_ax.legend(fontsize=8, loc="lower right")
