@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +145,15 @@ def choose_lr(sweep: dict[float, dict]) -> float:
     return max(finished, key=lambda lr: (finished[lr]["dev_final"], -list(sweep).index(lr)))
 
 
+def grid_extension(grid: list[float], best: float) -> float | None:
+    """The value one grid step past the end of `grid` where `best` sits (the grid's own ratio, one
+    significant digit), or None when `best` is inside the grid or the grid has one value."""
+    if len(grid) < 2 or best not in (grid[0], grid[-1]):
+        return None
+    end, inner = (grid[0], grid[1]) if best == grid[0] else (grid[-1], grid[-2])
+    return float(f"{end * end / inner:.1g}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -171,28 +180,31 @@ def main(argv=None) -> dict:
         write_mixture(work / "data", 0, args.train_per_task, args.val_per_task)
     grids = {arm: (args.fixed_lr,) if args.fixed_lr else ARMS[arm][1] for arm in args.arms}
     seeds = args.seeds
-    if args.report_only:
-        sweeps = {arm: {lr: _load(args, arm, lr, seeds[0]) for lr in grid} for arm, grid in grids.items()}
-        chosen = {arm: choose_lr(s) for arm, s in sweeps.items()}
-        # an arm whose sweep is unfinished has no chosen rate yet: none of its seeds count
-        swept = {arm: all(r.get("failed") != NOT_RUN for r in sweep.values()) for arm, sweep in sweeps.items()}
-        runs = {arm: [_load(args, arm, chosen[arm], seed) if swept[arm] else
-                      {"arm": arm, "lr": chosen[arm], "seed": seed, "failed": NOT_RUN} for seed in seeds]
-                for arm in args.arms}
-    else:
+    with ThreadPoolExecutor(args.jobs) as pool:
+        def submit(arm: str, lr: float, seed: int) -> Future:
+            return _done(_load(args, arm, lr, seed)) if args.report_only else pool.submit(train, arm, lr, seed, args)
+
+        def sweep(arm: str) -> dict[float, Future]:
+            return {lr: submit(arm, lr, seeds[0]) for lr in grids[arm]}
+
+        # Arm by arm, one sweep queued ahead: an arm's seeds are queued as soon as its sweep is done, so
+        # the arms listed first finish first (an interrupted benchmark still has whole arms).
         sweeps, chosen, seed_jobs = {}, {}, {}
-        with ThreadPoolExecutor(args.jobs) as pool:
-            # Arm by arm, one sweep queued ahead: an arm's seeds are queued as soon as its sweep is done,
-            # so the arms listed first finish first (an interrupted benchmark still has whole arms).
-            sweep = lambda arm: {lr: pool.submit(train, arm, lr, seeds[0], args) for lr in grids[arm]}  # noqa: E731
-            queued = {args.arms[0]: sweep(args.arms[0])}
-            for i, arm in enumerate(args.arms):
-                if i + 1 < len(args.arms):
-                    queued[args.arms[i + 1]] = sweep(args.arms[i + 1])
-                sweeps[arm] = {lr: job.result() for lr, job in queued[arm].items()}
-                chosen[arm] = choose_lr(sweeps[arm])
-                seed_jobs[arm] = [pool.submit(train, arm, chosen[arm], seed, args) for seed in seeds]
-            runs = {arm: [job.result() for job in jobs] for arm, jobs in seed_jobs.items()}
+        queued = {args.arms[0]: sweep(args.arms[0])}
+        for i, arm in enumerate(args.arms):
+            if i + 1 < len(args.arms):
+                queued[args.arms[i + 1]] = sweep(args.arms[i + 1])
+            sweeps[arm] = {lr: job.result() for lr, job in queued[arm].items()}
+            best = choose_lr(sweeps[arm])
+            beyond = grid_extension(list(sweeps[arm]), best) if "failed" not in sweeps[arm][best] else None
+            if beyond is not None:  # the best value sits at an end of the grid: one more step past it
+                sweeps[arm] = dict(sorted({**sweeps[arm], beyond: submit(arm, beyond, seeds[0]).result()}.items()))
+            chosen[arm] = choose_lr(sweeps[arm])
+            if any(r.get("failed") == NOT_RUN for r in sweeps[arm].values()):  # unfinished sweep: no rate yet
+                seed_jobs[arm] = [_done({"arm": arm, "lr": None, "seed": seed, "failed": NOT_RUN}) for seed in seeds]
+            else:
+                seed_jobs[arm] = [submit(arm, chosen[arm], seed) for seed in seeds]
+        runs = {arm: [job.result() for job in jobs] for arm, jobs in seed_jobs.items()}
 
     from tools import accuracy_report  # matplotlib only where a report is drawn
 
@@ -219,6 +231,12 @@ def _load(args, arm: str, lr: float, seed: int) -> dict:
 
 
 NOT_RUN = "not run"
+
+
+def _done(summary: dict) -> Future:
+    future = Future()
+    future.set_result(summary)
+    return future
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
