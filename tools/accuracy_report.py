@@ -110,7 +110,7 @@ def task_table(results: dict) -> str:
     if not rows:
         return "(no finished arm)"
     tasks = list(next(iter(rows.values()))["tasks"])
-    lines = ["| arm | " + " | ".join(t.split("/")[0] for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    lines = ["| arm | " + " | ".join(t.split("/")[0].split(":")[-1] for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
     lines += [f"| {a} | " + " | ".join(f"{r['tasks'][t]:.1f}" for t in tasks) + " |" for a, r in rows.items()]
     return "\n".join(lines)
 
@@ -125,7 +125,9 @@ def sweep_table(results: dict) -> str:
             complete = all("failed" not in x for x in sweep)
             bold = "**" if complete and s["lr"] == results["chosen_lr"][arm] else ""
             cells.append(f"{bold}{s['lr']:g}: {text}{bold}")
-        lines.append(f"| {arm} | " + ", ".join(cells) + " |")
+        lrs = [x["lr"] for x in sweep]
+        edge = complete and len(lrs) > 1 and results["chosen_lr"][arm] in (min(lrs), max(lrs))
+        lines.append(f"| {arm} | " + ", ".join(cells) + (" (best still at an end of the grid)" if edge else "") + " |")
     return "\n".join(lines)
 
 
