@@ -1,178 +1,246 @@
-"""Offline accuracy benchmark: does SMoP beat prompt tuning when the data is a mixture of sub-tasks?
+"""Offline accuracy benchmark: the methods on the instruction-free mixture, each at its own dev-chosen
+learning rate, several seeds, quality and cost in one table (docs/benchmark-accuracy.md).
 
-    python tools/pretrain_tiny.py --out runs/tiny-pretrained
-    python tools/accuracy_bench.py --model runs/tiny-pretrained --seeds 0 1 2 --doc docs/benchmark-accuracy.md
+    python tools/accuracy_bench.py --jobs 2 --doc docs/benchmark-accuracy.md
 
-Writes the instruction-free mixture of tools/synthetic.py (copy/reverse/sort/count, each on its own
-region of the vocabulary) as the generic `jsonl` task, then tunes the frozen model with each method through
-the real entry point (trainer/main.py) at the same steps, batch and data, and reads back from each run's
-predictions: per-sub-task exact match, the routing table (share of each sub-task sent to each prompt;
-purity = mean over sub-tasks of the largest share), trainable parameters and encoder length. Medians over
-seeds. Exit status 0; the numbers are the result, whichever method wins.
+Every run is the real entry point (python trainer/main.py, one rank, ZeRO-3, OMP_NUM_THREADS=1) on the
+backbone shipped as `tiny-pretrained` and the four `jsonl:NAME` sub-tasks of tools/synthetic.py with
+data.splits=paper: it trains on train.jsonl less a dev set (the last data.dev_fraction of each sub-task),
+evaluates on dev every --eval-every steps, and once at the end on val.jsonl as the test set.
+
+1. Sweep: each arm trains on seed 0 at every learning rate of its grid; the rate with the best final dev
+   average exact match is chosen (ties: the first in the grid). The test set plays no part in it.
+2. Seeds: each arm trains on every --seeds at its chosen rate (seed 0's run is the sweep's).
+3. Report (tools/accuracy_report.py): test mean +- std and per-seed values, the clean routing table of
+   each seed with its distinct majority prompts, the dev curves (PNG), step time, peak memory, trainable
+   parameters and analytic inference FLOPs.
+
+Each finished run leaves summary.json in its folder and is not rerun, so an interrupted benchmark
+continues where it stopped and `--report-only` redraws the document from the runs on disk.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import random
+import shutil
 import statistics
 import subprocess
 import sys
-import time
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.synthetic import MIXTURE, mixture_records, subtask_of  # noqa: E402
-from tools.pretrain_tiny import same_tokens  # noqa: E402
+from tools.synthetic import MIXTURE_TASKS, write_mixture  # noqa: E402
 
-# name -> overrides. Prompt methods share one learning rate; IAPT's generators and P-tuning's encoder are
-# ordinary dense layers and full fine-tuning moves the pretrained weights, so they take the usual smaller ones.
-METHODS = {
-    "smop-4x5": ["prompt.method=smop", "prompt.num_prompts=4", "prompt.prompt_length=5", "train.lr=0.3"],
-    "prompt-tuning-5": ["prompt.method=prompt_tuning", "prompt.num_prompts=1", "prompt.prompt_length=5",
-                        "train.lr=0.3"],
-    "prompt-tuning-20": ["prompt.method=prompt_tuning", "prompt.num_prompts=1", "prompt.prompt_length=20",
-                         "train.lr=0.3"],
-    "ptuning-mlp-5": ["prompt.method=ptuning", "prompt.num_prompts=1", "prompt.prompt_length=5", "train.lr=0.003"],
-    "iapt-m16": ["prompt.method=iapt", "prompt.iapt_bottleneck=16", "train.lr=0.003"],
-    "full-finetune": ["prompt.method=full_finetune", "train.lr=0.001"],
+PROMPT_GRID = (0.03, 0.1, 0.3)
+DENSE_GRID = (1e-3, 3e-3, 1e-2)  # P-tuning's MLP and IAPT's generators are ordinary dense layers
+SMOP = ["prompt.method=smop", "prompt.num_prompts=4", "prompt.prompt_length=5"]
+
+PAPER_ROUTER = ["prompt.router_init=orthogonal", "train.router_lr=0"]  # orthogonal rows, the shared lr
+KMEANS = SMOP + ["prompt.router_input=centered", "prompt.router_init=kmeans", "train.router_lr=0.003"]
+
+# name -> (overrides, learning-rate grid), in the order they run (the targets' arms first; an interrupted
+# benchmark has whole arms). Every SMoP arm spells out its router, so a change of the trainer's defaults
+# cannot silently change an arm; smop-kmeans is the trainer's default.
+ARMS = {
+    "smop-kmeans": (KMEANS, PROMPT_GRID),
+    "prompt-tuning-5": (["prompt.method=prompt_tuning", "prompt.num_prompts=1", "prompt.prompt_length=5"],
+                        PROMPT_GRID),
+    "prompt-tuning-20": (["prompt.method=prompt_tuning", "prompt.num_prompts=1", "prompt.prompt_length=20"],
+                         PROMPT_GRID),
+    "iapt": (["prompt.method=iapt", "prompt.iapt_bottleneck=16"], DENSE_GRID),
+    "full-finetune": (["prompt.method=full_finetune"], (1e-4, 3e-4, 1e-3)),
+    "smop-paper": (SMOP + ["prompt.router_input=raw", *PAPER_ROUTER], PROMPT_GRID),
+    "smop-centered": (SMOP + ["prompt.router_input=centered", *PAPER_ROUTER], PROMPT_GRID),
+    "smop-balance": (SMOP + ["prompt.router_input=raw", *PAPER_ROUTER, "prompt.balance_coef=0.01"], PROMPT_GRID),
+    "ptuning": (["prompt.method=ptuning", "prompt.num_prompts=1", "prompt.prompt_length=5",
+                 "prompt.ptuning_encoder=mlp"], DENSE_GRID),
+    "smop-adafactor": (KMEANS + ["train.optimizer=adafactor"], (0.1, 0.3, 1.0)),
 }
 
-
-def write_data(folder: Path, seed: int, train_per_task: int, val_per_task: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(1000 + seed)
-    for split, n in (("train", train_per_task), ("val", val_per_task)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for record in mixture_records(rng, n, split):
-                f.write(json.dumps(record) + "\n")
-
-
-# ZeRO-3 with every parameter persistent (kept whole on each rank): the same code path as the shipped
-# ds_configs, without the per-module gather/release that dominates a tiny model's step on the CPU.
+# ZeRO-3 with every parameter persistent (kept whole on the rank): the shipped ds_configs' code path
+# without the per-module gather/release that dominates a tiny model's step on the CPU.
 DS_CONFIG = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 100_000_000,
                                    "reduce_bucket_size": 100_000},
              "bf16": {"enabled": False}, "gradient_clipping": 0.0, "steps_per_print": 1_000_000_000}
 
 
-def run_method(name: str, seed: int, args, data_dir: Path, out: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "trainer" / "main.py")]
-    if args.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-               str(REPO / "trainer" / "main.py")]
-    cmd += [f"model.name_or_path={args.model}", "model.dropout=0", "data.task=jsonl", f"data.data_dir={data_dir}",
-            "data.max_source_length=32", "data.max_target_length=10", "eval.max_new_tokens=8",
-            f"train.max_steps={args.steps}", f"train.micro_batch_size={args.batch // args.nproc}",
-            "train.eval_every=0", f"train.log_every={args.steps}", "train.warmup_ratio=0.06", f"seed={seed}",
-            f"output_dir={out}", "overwrite=true", f"ds_config={data_dir.parent / 'ds_config.json'}",
-            *METHODS[name]]
-    started = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // args.nproc))}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    return summarise(out, data_dir, round(time.time() - started, 1))
+def run_overrides(arm: str, lr: float, seed: int, args, out: Path) -> list[str]:
+    work = Path(args.work).resolve()
+    return ["model.name_or_path=tiny-pretrained", "model.dropout=0", f"data.task={MIXTURE_TASKS}",
+            f"data.data_dir={work / 'data'}", "data.splits=paper", "data.max_source_length=32",
+            "data.max_target_length=10", "eval.max_new_tokens=8", "eval.batch_size=100",
+            f"train.max_steps={args.steps}", f"train.micro_batch_size={args.batch}",
+            f"train.eval_every={args.eval_every}", "train.log_every=10", "train.warmup_ratio=0.06",
+            f"seed={seed}", f"output_dir={out}", "overwrite=true", f"ds_config={work / 'ds_config.json'}",
+            "checkpoint.every=0", "monitor.plots=false", *ARMS[arm][0], f"train.lr={lr}"]
 
 
-def summarise(out: Path, data_dir: Path, seconds: float) -> dict:
-    """Per-sub-task exact match and routing shares, from the run's final predictions file."""
-    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+def run_dir(args, arm: str, lr: float, seed: int) -> Path:
+    return Path(args.work).resolve() / "runs" / f"{arm}-lr{lr:g}-seed{seed}"
+
+
+def train(arm: str, lr: float, seed: int, args) -> dict:
+    """One run through trainer/main.py (skipped when its summary.json exists); its summary."""
+    out = run_dir(args, arm, lr, seed)
+    done, overrides = out / "summary.json", run_overrides(arm, lr, seed, args, out)
+    if done.exists() and json.loads(done.read_text())["overrides"] == overrides:
+        return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, str(REPO / "trainer" / "main.py"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(out / "train.log", "w") as log:
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = (out / "train.log").read_text()[-2000:]
+        summary = {"arm": arm, "lr": lr, "seed": seed, "failed": f"exit {code}: ...{tail}"}
+    else:
+        summary = {"arm": arm, "lr": lr, "seed": seed, **summarise(out / "metrics.jsonl"), "overrides": overrides}
+        done.write_text(json.dumps(summary, indent=1))
+    with PRINT_LOCK:
+        verdict = summary.get("failed", "").splitlines()[0] if "failed" in summary else (
+            f"dev {summary['dev_final']:.1f}, test {summary['test']['average']:.1f}")
+        print(f"{arm} lr {lr:g} seed {seed}: {verdict}", flush=True)
+    return summary
+
+
+PRINT_LOCK = threading.Lock()
+
+
+def summarise(metrics: Path) -> dict:
+    """What the report needs from one run's metrics.jsonl."""
+    events = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     setup = next(e for e in events if e["event"] == "setup")
-    final = [e for e in events if e["event"] == "eval"][-1]
-    gold = {r["idx"]: r for r in map(json.loads, (data_dir / "val.jsonl").read_text().splitlines())}
-    rows = [json.loads(line) for line in (out / f"predictions-jsonl-{final['step']}.jsonl").read_text().splitlines()]
-    k = max(r["prompt"] for r in rows) + 1
-    accuracy, routing = {}, {}
-    for task in MIXTURE:
-        mine = [r for r in rows if subtask_of(r["idx"]) == task]
-        accuracy[task] = 100.0 * sum(same_tokens(r["prediction"], gold[r["idx"]]["target"])
-                                     for r in mine) / len(mine)
-        routing[task] = [sum(r["prompt"] == j for r in mine) / len(mine) for j in range(k)]
-    lengths = [len(r["input"].split()) + 1 for r in gold.values()]  # one token per word, plus </s>
-    return {"accuracy": accuracy, "mean": statistics.mean(accuracy.values()), "routing": routing,
-            "purity": statistics.mean(max(shares) for shares in routing.values()),
-            "prompts_used": sum(any(routing[t][j] > 0 for t in routing) for j in range(k)),
-            "trainable_params": setup["trainable_params"],
-            "encoder_length": setup["prompt_positions"] + statistics.mean(lengths), "seconds": seconds,
-            "final_loss": [e for e in events if e["event"] == "train"][-1]["loss"]}
+    trains = [e for e in events if e.get("event", "train") == "train"]
+    devs = [e for e in events if e["event"] == "eval"]
+    test = next(e for e in events if e["event"] == "test")
+    metric_keys = [k for k in test if k.endswith("/exact_match")] + ["average"]
+    return {"method": setup["method"], "trainable_params": setup["trainable_params"],
+            "dev_curve": [[e["step"], e["average"]] for e in devs], "dev_final": devs[-1]["average"],
+            "test": {k: test[k] for k in metric_keys},
+            "routing_table": test.get("routing_table") if len(test["routing_fraction"]) > 1 else None,
+            "s_per_step": step_time(trains, {e["step"] for e in devs}),
+            "peak_memory_mb": max(e["peak_memory_mb"] for e in trains),
+            "collapse_events": [e["step"] for e in events if e["event"] == "routing_collapse"]}
 
 
-def table(results: dict) -> str:
-    tasks = list(MIXTURE)
-    head = ["method", *tasks, "mean", "routing purity", "trainable params", "encoder length", "s / run"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for name, runs in results.items():
-        med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
-        cells = [f"{med(lambda r, t=t: r['accuracy'][t]):.1f}" for t in tasks]
-        cells += [f"**{med(lambda r: r['mean']):.1f}**", f"{med(lambda r: r['purity']):.2f}",
-                  f"{runs[0]['trainable_params']:,}", f"{runs[0]['encoder_length']:.1f}",
-                  f"{med(lambda r: r['seconds']):.0f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def step_time(trains: list[dict], eval_steps: set[int]) -> float:
+    """Seconds per training step from the train events' elapsed_s, leaving out the first interval (start-up)
+    and every interval that holds an evaluation (the one starting at an evaluated step)."""
+    spans = [(b["elapsed_s"] - a["elapsed_s"], b["step"] - a["step"]) for a, b in zip(trains[1:], trains[2:])
+             if a["step"] not in eval_steps]
+    return sum(s for s, _ in spans) / sum(n for _, n in spans) if spans else float("nan")
 
 
-def routing_tables(results: dict, seeds: list[int]) -> str:
-    """Each routed method's routing table per seed (share of a sub-task's validation examples per prompt)."""
-    out = []
-    for name, runs in results.items():
-        for seed, r in zip(seeds, runs):
-            k = len(r["routing"][next(iter(MIXTURE))])
-            if k < 2:
-                continue
-            out.append(f"{name}, seed {seed}:\n")
-            out.append("| sub-task | " + " | ".join(f"prompt {j}" for j in range(k)) + " |\n|---|" + "---:|" * k)
-            out += [f"| {t} | " + " | ".join(f"{s:.2f}" for s in shares) + " |" for t, shares in r["routing"].items()]
-            out.append("")
-    return "\n".join(out)
+def choose_lr(sweep: dict[float, dict]) -> float:
+    """The grid value with the best final dev average (first on ties); failed runs never win."""
+    finished = {lr: s for lr, s in sweep.items() if "failed" not in s}
+    if not finished:
+        return next(iter(sweep))
+    return max(finished, key=lambda lr: (finished[lr]["dev_final"], -list(sweep).index(lr)))
+
+
+def grid_extension(grid: list[float], best: float) -> float | None:
+    """The value one grid step past the end of `grid` where `best` sits (the grid's own ratio, one
+    significant digit), or None when `best` is inside the grid or the grid has one value."""
+    if len(grid) < 2 or best not in (grid[0], grid[-1]):
+        return None
+    end, inner = (grid[0], grid[1]) if best == grid[0] else (grid[-1], grid[-2])
+    return float(f"{end * end / inner:.1g}")
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="directory written by tools/pretrain_tiny.py")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=32, help="global batch (examples per step)")
-    parser.add_argument("--train-per-task", type=int, default=500)
-    parser.add_argument("--val-per-task", type=int, default=50)
-    parser.add_argument("--nproc", type=int, default=1, help="ranks per run (ZeRO-3 either way)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads shared by a run's ranks")
-    parser.add_argument("--work", default="runs/accuracy-bench", help="data and run directories")
-    parser.add_argument("--doc", help="write the results table here (markdown)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="the first one is also the sweep's seed")
+    parser.add_argument("--fixed-lr", type=float, help="train every arm at this learning rate: no sweep")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between dev evaluations")
+    parser.add_argument("--batch", type=int, default=32, help="examples per step")
+    parser.add_argument("--train-per-task", type=int, default=500, help="training records per sub-task "
+                        "(the last 10%% become the dev set)")
+    parser.add_argument("--val-per-task", type=int, default=100, help="test records per sub-task")
+    parser.add_argument("--jobs", type=int, default=2, help="trainer processes at once (one core each)")
+    parser.add_argument("--default-arm", default="smop-kmeans", help="the SMoP arm the targets are judged on")
+    parser.add_argument("--work", default="runs/accuracy-bench", help="data and run folders")
+    parser.add_argument("--doc", help="write the results into this markdown file (between its result markers)")
+    parser.add_argument("--report-only", action="store_true", help="report the runs on disk; train nothing")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "ds_config.json").write_text(json.dumps(DS_CONFIG, indent=2))
-    results = {name: [] for name in args.methods}
-    for seed in args.seeds:
-        data_dir = work / f"data-seed{seed}"
-        write_data(data_dir, seed, args.train_per_task, args.val_per_task)
-        for name in args.methods:
-            r = run_method(name, seed, args, data_dir.resolve(), (work / f"{name}-seed{seed}").resolve())
-            results[name].append(r)
-            print(f"{name} seed {seed}: mean {r['mean']:.1f} " + json.dumps(r["accuracy"])
-                  + f" purity {r['purity']:.2f} ({r['seconds']}s)", flush=True)
+    if not args.report_only:  # (a report beside a running benchmark must not rewrite what its runs read)
+        (work / "ds_config.json").write_text(json.dumps(DS_CONFIG, indent=2))
+        write_mixture(work / "data", 0, args.train_per_task, args.val_per_task)
+    grids = {arm: (args.fixed_lr,) if args.fixed_lr else ARMS[arm][1] for arm in args.arms}
+    seeds = args.seeds
+    with ThreadPoolExecutor(args.jobs) as pool:
+        def submit(arm: str, lr: float, seed: int) -> Future:
+            return _done(_load(args, arm, lr, seed)) if args.report_only else pool.submit(train, arm, lr, seed, args)
+
+        def sweep(arm: str) -> dict[float, Future]:
+            return {lr: submit(arm, lr, seeds[0]) for lr in grids[arm]}
+
+        # Arm by arm, one sweep queued ahead: an arm's seeds are queued as soon as its sweep is done, so
+        # the arms listed first finish first (an interrupted benchmark still has whole arms).
+        sweeps, chosen, seed_jobs = {}, {}, {}
+        queued = {args.arms[0]: sweep(args.arms[0])}
+        for i, arm in enumerate(args.arms):
+            if i + 1 < len(args.arms):
+                queued[args.arms[i + 1]] = sweep(args.arms[i + 1])
+            sweeps[arm] = {lr: job.result() for lr, job in queued[arm].items()}
+            best = choose_lr(sweeps[arm])
+            beyond = grid_extension(list(sweeps[arm]), best) if "failed" not in sweeps[arm][best] else None
+            if beyond is not None:  # the best value sits at an end of the grid: one more step past it
+                sweeps[arm] = dict(sorted({**sweeps[arm], beyond: submit(arm, beyond, seeds[0]).result()}.items()))
+            chosen[arm] = choose_lr(sweeps[arm])
+            if any(r.get("failed") == NOT_RUN for r in sweeps[arm].values()):  # unfinished sweep: no rate yet
+                seed_jobs[arm] = [_done({"arm": arm, "lr": None, "seed": seed, "failed": NOT_RUN}) for seed in seeds]
+            else:
+                seed_jobs[arm] = [submit(arm, chosen[arm], seed) for seed in seeds]
+        runs = {arm: [job.result() for job in jobs] for arm, jobs in seed_jobs.items()}
+
+    from tools import accuracy_report  # matplotlib only where a report is drawn
+
     command = "python tools/accuracy_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = table(results)
-    print(text)
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+    results = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "report_only"},
+               "grids": grids, "chosen_lr": chosen, "sweeps": {a: list(s.values()) for a, s in sweeps.items()},
+               "runs": runs}
+    results["summary"] = accuracy_report.summarise_arms(results, work / "data")
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    print(accuracy_report.results_table(results))
     if args.doc:
-        Path(args.doc).write_text(render_doc(text, routing_tables(results, args.seeds), command))
+        png = Path(args.doc).with_name(Path(args.doc).stem + "-dev.png")
+        accuracy_report.plot_dev_curves(results, png)
+        accuracy_report.write_doc(results, Path(args.doc), png.name)
     return results
 
 
-def render_doc(text: str, routing: str, command: str) -> str:
-    template = (REPO / "docs" / "benchmark-accuracy.md")
-    marker_start, marker_end = "<!-- results:start -->", "<!-- results:end -->"
-    block = f"{marker_start}\nCommand: `{command}`\n\n{text}\n\n{routing}\n{marker_end}"
-    if template.exists() and marker_start in template.read_text():
-        before, rest = template.read_text().split(marker_start, 1)
-        return before + block + rest.split(marker_end, 1)[1]
-    return f"# Offline accuracy benchmark\n\n{block}\n"
+def _load(args, arm: str, lr: float, seed: int) -> dict:
+    out = run_dir(args, arm, lr, seed)
+    path = out / "summary.json"
+    if not path.exists() or json.loads(path.read_text())["overrides"] != run_overrides(arm, lr, seed, args, out):
+        return {"arm": arm, "lr": lr, "seed": seed, "failed": NOT_RUN}
+    return json.loads(path.read_text())
+
+
+NOT_RUN = "not run"
+
+
+def _done(summary: dict) -> Future:
+    future = Future()
+    future.set_result(summary)
+    return future
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 if __name__ == "__main__":
