@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tools.config_docs import field_docs
-from trainer.config import REPO_ROOT, Routing, load_config
+from trainer.config import REPO_ROOT, OptimizerName, RouterInit, RouterInput, Routing, load_config
 from trainer.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
 
 
@@ -198,3 +198,13 @@ def test_readme_documents_every_config_key():
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools/config_docs.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("size", ["large", "xl", "xxl"])
+def test_smop_presets_use_adafactor_and_the_default_router(size):
+    """The benchmark's verdict (docs/benchmark-accuracy.md): Adafactor beats AdamW for SMoP with the default
+    router, so the SMoP presets tune with it; the router itself is the trainer's default."""
+    cfg = load_config(str(REPO_ROOT / "configs" / f"t5_{size}_smop.yaml"), [])
+    assert (cfg.train.optimizer, cfg.train.lr) == (OptimizerName.ADAFACTOR, 0.3)
+    assert (cfg.prompt.router_input, cfg.prompt.router_init, cfg.train.router_lr) == \
+           (RouterInput.CENTERED, RouterInit.KMEANS, 0.003)
