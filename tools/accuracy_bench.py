@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="the first one is also the sweep's seed")
     parser.add_argument("--fixed-lr", type=float, help="train every arm at this learning rate: no sweep")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25, help="steps between dev evaluations")
     parser.add_argument("--batch", type=int, default=32, help="examples per step")
     parser.add_argument("--train-per-task", type=int, default=500, help="training records per sub-task "
