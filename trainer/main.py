@@ -151,14 +151,8 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     train_data, eval_data, test_data = (
         encode(s.examples, s.task_ids, tokenizer, d.max_source_length, prompt_positions(p), d.max_target_length)
         if s is not None else None for s in (splits.train, splits.eval, splits.test))
-    backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device)
+    backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device, train_data)
     router = getattr(smop, "router", None)
-    kmeans = p.router_init == RouterInit.KMEANS
-    if router is not None and router.proj is not None and (router.center is not None or kmeans):
-        # Before step 0, from the data; resume then loads the saved (identical) values over these.
-        x = router_inputs(backbone.get_input_embeddings(), train_data, tokenizer.pad_token_id, dist.device,
-                          p.router_center_examples)
-        fit_router(router, x, kmeans, cfg.seed)
     m = cfg.monitor
     watched = router is not None and router.proj is not None and m.collapse_entropy > 0
     return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
@@ -170,9 +164,10 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
                collapse=CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None)
 
 
-def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
-    """The backbone and prompt.method's trainable part, with its optimiser and schedule (and the engine
-    when the backbone itself trains). Returns (backbone, prompt slot, optimizer, scheduler, engine | None)."""
+def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device, train_data):
+    """The backbone and prompt.method's trainable part (a router fitted to `train_data` where it has one),
+    with its optimiser and schedule (and the engine when the backbone itself trains).
+    Returns (backbone, prompt slot, optimizer, scheduler, engine | None)."""
     p, t = cfg.prompt, cfg.train
     model = build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config))
     if t.activation_checkpointing:
@@ -196,6 +191,12 @@ def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device):
     smop.to(device)
     distributed.broadcast_params(list(smop.parameters()))
     router = getattr(smop, "router", None)
+    kmeans = p.router_init == RouterInit.KMEANS
+    if router is not None and router.proj is not None and (router.center is not None or kmeans):
+        # Before step 0, from the data, the same on every rank; resume then loads the saved (identical) values.
+        x = router_inputs(backbone.get_input_embeddings(), train_data, tokenizer.pad_token_id, device,
+                          p.router_center_examples)
+        fit_router(router, x, kmeans, cfg.seed)
     optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], t,
                                 list(router.parameters()) if router is not None else [])
     return backbone, smop, optimizer, build_scheduler(optimizer, t), None
