@@ -291,6 +291,14 @@ net_down() {
         [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
         ip netns del "$ns" 2>/dev/null || true
     done
+    # A deleted namespace takes its veth pairs with it only once the kernel has torn it down, which can
+    # lag; delete the outside ends here (that removes both ends) and wait until none is listed.
+    local link l tries=50
+    while link=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^lslurm-v[0-9]+$'); do
+        for l in $link; do ip link del "$l" 2>/dev/null || true; done
+        (( --tries > 0 )) || break
+        sleep 0.1
+    done
     rm -rf /etc/netns/"$NS_PREFIX"[0-9]*
     ip link del "$BRIDGE" 2>/dev/null || true
 }
