@@ -1,9 +1,3 @@
-import sys
-from pathlib import Path
-
-# Tests import the package from the checkout, whichever directory pytest is started from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def pytest_configure(config):
     # Registered here rather than in a pytest.ini so that `pytest -m gpu` works from any directory.

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.distributed import free_port
+from trainer.runtime.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = str(REPO / "trainer" / "main.py")
@@ -46,7 +46,7 @@ def command(nproc: int, launcher: str) -> list[str]:
                 "--master_port", str(free_port()), MAIN]
     if launcher == "mpirun":
         # No RANK/WORLD_SIZE in the environment: DeepSpeed discovers them through mpi4py. Its discovery
-        # would pick port 29500 unless MASTER_PORT is passed (trainer/distributed.py forwards it).
+        # would pick port 29500 unless MASTER_PORT is passed (trainer/runtime/distributed.py forwards it).
         return ["mpirun", "-np", str(nproc), "--allow-run-as-root", "--oversubscribe", "-x", "OMP_NUM_THREADS",
                 "-x", f"MASTER_PORT={free_port()}", sys.executable, MAIN]
     if launcher == "accelerate":

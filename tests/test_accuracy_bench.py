@@ -8,8 +8,9 @@ from pathlib import Path
 
 import matplotlib.image
 
-from tools import accuracy_bench, accuracy_report
-from trainer.flops import T5Shape, method_flops
+from tools import accuracy_bench
+from tools import accuracy_report
+from trainer.monitor.flops import T5Shape, method_flops
 
 REPO = Path(__file__).resolve().parents[1]
 

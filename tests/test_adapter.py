@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import T5Config
 
-from trainer.adapter import CONFIG, WEIGHTS, config_hash, load_adapter, save_adapter
-from trainer.smop import SMoP
+from trainer.inference.adapter import CONFIG, WEIGHTS, config_hash, load_adapter, save_adapter
+from trainer.methods.smop import SMoP
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_loads_in_a_fresh_process_without_deepspeed_or_process_group(tmp_path):
     code = (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from trainer.adapter import load_adapter\n"
+        "from trainer.inference.adapter import load_adapter\n"
         f"smop = load_adapter({str(tmp_path)!r})\n"
         "prompts, routing = smop(torch.randn(2, 3, 32), torch.ones(2, 3))\n"
         "assert prompts.shape == (2, 4, 32)\n"

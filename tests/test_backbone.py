@@ -8,7 +8,7 @@ the default or the folding of the bias, they fail.
 """
 import torch
 
-from trainer.backbone import build_backbone
+from trainer.runtime.backbone import build_backbone
 from trainer.config import load_config
 
 SHAPE = ["model.name_or_path=tiny",

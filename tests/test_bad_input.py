@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.launch import run_trainer
-from trainer.checkpoint import locate
+from trainer.runtime.checkpoint import locate
 from trainer.config import EMBEDDED_DATA_DIR, load_config
-from trainer.data import encode
-from trainer.ds_config import load_ds_config, merge_batch, resolve_batch
+from trainer.data.batch import encode
+from trainer.runtime.ds_config import load_ds_config, merge_batch, resolve_batch
 from trainer.main import read_inputs
-from trainer.tasks import get_task, load_split
+from trainer.data.tasks import get_task, load_split
 
 
 @pytest.fixture

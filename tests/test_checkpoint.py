@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.launch import events, run_trainer
-from trainer.checkpoint import CheckpointError, find_latest, locate, verify
+from trainer.runtime.checkpoint import CheckpointError, find_latest, locate, verify
 from trainer.config import load_config
 
 

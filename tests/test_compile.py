@@ -1,4 +1,4 @@
-"""train.compile=true (trainer/compile.py) changes how the backbone's blocks run, not what they compute.
+"""train.compile=true (trainer/runtime/compile.py) changes how the backbone's blocks run, not what they compute.
 
 One-layer T5 and two steps, to keep Inductor's compile short on 2 CPU cores (about 2.5 minutes for both
 cases with a warm Inductor cache on the loaded shared machine; more when cold). Dropout off: a compiled

@@ -6,7 +6,7 @@ import pytest
 
 from tools.config_docs import field_docs
 from trainer.config import REPO_ROOT, OptimizerName, RouterInit, RouterInput, Routing, load_config
-from trainer.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
+from trainer.runtime.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
 
 
 def test_overrides_are_typed():
@@ -103,7 +103,7 @@ def _size(path) -> dict | None:
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_ds_config_loads_and_merges(path):
     ds = load_ds_config(str(path))
-    assert not set(BATCH_KEYS) & ds.keys(), "batch keys belong to the run config (trainer/ds_config.py)"
+    assert not set(BATCH_KEYS) & ds.keys(), "batch keys belong to the run config (trainer/runtime/ds_config.py)"
     # The SMoP parameters are trained outside the engine: an engine optimiser or its offload would be unused.
     assert not {"optimizer", "scheduler"} & ds.keys() and "offload_optimizer" not in json.dumps(ds)
     zero = ds.get("zero_optimization", {})

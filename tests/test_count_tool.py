@@ -1,7 +1,7 @@
-"""tools/count.py: the paper's parameter figures and the FLOP comparison, computed without weights."""
+"""trainer/cli/count.py: the paper's parameter figures and the FLOP comparison, computed without weights."""
 import re
 
-from tools import count
+from trainer.cli import count
 
 
 def test_parameter_and_flop_tables(capsys):

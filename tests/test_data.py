@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from trainer.data import LengthGroupedOrder, TrainOrder, collate, encode, eval_shards
-from trainer.tasks import Example
-from trainer.tokenizer import train_tokenizer
+from trainer.data.batch import LengthGroupedOrder, TrainOrder, collate, encode, eval_shards
+from trainer.data.tasks import Example
+from trainer.data.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")

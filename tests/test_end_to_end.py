@@ -10,8 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tests.launch import REPO, events, run_trainer
-from trainer.distributed import free_port
-from trainer.tokenizer import train_tokenizer
+from trainer.runtime.distributed import free_port
+from trainer.data.tokenizer import train_tokenizer
 
 
 def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):

@@ -1,4 +1,4 @@
-"""Evaluation with the ZeRO-3 backbone gathered once (trainer/eval_gather.py), on 2 real gloo ranks.
+"""Evaluation with the ZeRO-3 backbone gathered once (trainer/runtime/eval_gather.py), on 2 real gloo ranks.
 
 The same training run twice, evaluated in rank mode on a mixture whose ReCoRD part is generated (greedy,
 synced_gpus): once gathered once for the whole evaluation (the default: the tiny backbone fits), once with

@@ -1,4 +1,4 @@
-"""tools/evaluate.py run as a script, the way users call it."""
+"""trainer/cli/evaluate.py run as a script, the way users call it."""
 import json
 import subprocess
 import sys
@@ -75,7 +75,7 @@ def test_malformed_predictions_exit_2(tmp_path, raw, message):
 
 
 def test_dev_split_is_the_trainers_carved_dev_set(tmp_path):
-    from trainer.tasks import get_task, paper_splits
+    from trainer.data.tasks import get_task, paper_splits
 
     dev = paper_splits(get_task("rte"), FIXTURES, 0.5)["dev"]
     assert len(dev) == 2

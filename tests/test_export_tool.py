@@ -1,4 +1,4 @@
-"""The trainer writes an adapter at the end of a run; tools/export.py writes the same one from the run dir."""
+"""The trainer writes an adapter at the end of a run; trainer/cli/export.py writes the same one from the run dir."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.launch import run_trainer
-from trainer.adapter import WEIGHTS, load_adapter
-from tools.run_files import backbone_config, read_run, run_tokenizer
+from trainer.inference.adapter import WEIGHTS, load_adapter
+from trainer.cli.run_files import backbone_config, read_run, run_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer.flops import T5Shape, method_flops, t5_flops
+from trainer.monitor.flops import T5Shape, method_flops, t5_flops
 
 
 def test_hand_count_of_a_tiny_t5():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.tiny_models import lively_t5, random_inputs
-from trainer import griffin
+from trainer.inference import griffin
 
 MAX_NEW = 10
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer import iapt, ptuning
-from trainer.iapt import IAPT, PromptGenerator, Rational
-from trainer.model import NoPrompt, PromptedT5
-from trainer.ptuning import PromptEncoder
-from trainer.smop import SMoP
+from trainer.methods import iapt
+from trainer.methods import ptuning
+from trainer.methods.iapt import IAPT, PromptGenerator, Rational
+from trainer.methods.prompted import NoPrompt, PromptedT5
+from trainer.methods.ptuning import PromptEncoder
+from trainer.methods.smop import SMoP
 
 
 def tiny_t5(d=32, layers=2, seed=0):

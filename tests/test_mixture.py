@@ -6,8 +6,8 @@ import pytest
 
 from tests.launch import events, run_trainer
 from trainer.config import DataConfig, Mixing
-from trainer.data import Encoded, LengthGroupedOrder, TrainOrder
-from trainer.mixture import MixtureOrder, build_order, mixing_rates
+from trainer.data.batch import Encoded, LengthGroupedOrder, TrainOrder
+from trainer.data.mixture import MixtureOrder, build_order, mixing_rates
 
 
 def test_rates_proportional_and_temperature():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from trainer.monitor import CollapseDetector, routing_summary
-from trainer.router import Router
+from trainer.monitor.monitor import CollapseDetector, routing_summary
+from trainer.methods.router import Router
 
 
 def counts_of(index: torch.Tensor, k: int = 4) -> torch.Tensor:

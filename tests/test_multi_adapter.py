@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from tests.tiny_models import lively_t5, random_inputs
-from trainer.model import PromptedT5
-from trainer.multi_adapter import MultiAdapterT5
-from trainer.smop import SMoP
+from trainer.methods.prompted import PromptedT5
+from trainer.inference.multi_adapter import MultiAdapterT5
+from trainer.methods.smop import SMoP
 
 
 def adapters() -> dict[str, SMoP]:

@@ -28,7 +28,7 @@ from tests.launch import MAIN, REPO, TINY, events
 from tests.test_local_slurm import SCRIPT, TIMINGS, job_info, local_cluster, run
 from tests.test_resume import losses, max_param_diff
 from tests.test_slurm_templates import FINAL, wait_final
-from trainer.distributed import free_port
+from trainer.runtime.distributed import free_port
 
 PRESET = "configs/tiny.yaml"
 STEPS = 24   # enough that a signal or a kill after step 2 or 6 lands mid-run on a fast machine too

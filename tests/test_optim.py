@@ -4,7 +4,7 @@ import torch
 
 from trainer.config import load_config
 from trainer.optim import build_optimizer, build_scheduler, masked_step
-from trainer.smop import SMoP
+from trainer.methods.smop import SMoP
 
 
 def test_adafactor_factors_the_real_tensors():

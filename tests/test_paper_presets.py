@@ -9,7 +9,7 @@ import pytest
 
 from trainer.config import (REPO_ROOT, EvalMode, Method, OptimizerName, RouterInit, RouterInput, Schedule, Splits,
                             load_config)
-from trainer.tasks import TASKS
+from trainer.data.tasks import TASKS
 
 PRESETS = sorted((REPO_ROOT / "configs" / "paper").glob("*.yaml"))
 DS_CONFIGS = {"google/t5-large-lm-adapt": "ds_configs/t5_large_zero3_bf16.json",

@@ -1,4 +1,4 @@
-"""The traffic model (trainer/placement.py) against measurement, and the placement predictions."""
+"""The traffic model (trainer/runtime/placement.py) against measurement, and the placement predictions."""
 import json
 
 import pytest
@@ -7,9 +7,9 @@ from transformers import T5Config, T5ForConditionalGeneration
 from tests.launch import REPO
 from tools.comm_volume import measure
 from tools.placement import MODELS
-from trainer.flops import T5Shape
-from trainer.placement import backbone_numels
-from trainer.placement_plan import Hardware, Workload, model_states, notice, predict
+from trainer.monitor.flops import T5Shape
+from trainer.runtime.placement import backbone_numels
+from trainer.runtime.placement_plan import Hardware, Workload, model_states, notice, predict
 
 GiB = 2**30
 

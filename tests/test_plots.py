@@ -1,4 +1,4 @@
-"""trainer/plots.py and tools/plot_run.py on metrics.jsonl files written here in the trainer's schema."""
+"""trainer/monitor/plots.py and trainer/cli/plot.py on metrics.jsonl files written here in the trainer's schema."""
 import json
 import subprocess
 import sys
@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from tools import plot_run
-from trainer.plots import DPI, FIGSIZE, eval_table, read_events, write_plots
+from trainer.cli import plot_run
+from trainer.monitor.plots import DPI, FIGSIZE, eval_table, read_events, write_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = FIGSIZE[1] * DPI, FIGSIZE[0] * DPI
@@ -161,7 +161,7 @@ def test_cli_on_an_interrupted_run_before_any_eval(tmp_path):
     events = [{"event": "setup", "step": 0}] + [train_event(s, 4, True) for s in range(10, 40, 10)]
     run = write_metrics(tmp_path / "run", events)
     other = mixture_run(tmp_path / "other")
-    out = subprocess.run([sys.executable, str(ROOT / "tools/plot_run.py"), str(run), str(other)],
+    out = subprocess.run([sys.executable, str(ROOT / "trainer/cli/plot.py"), str(run), str(other)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     printed = out.stdout.split()

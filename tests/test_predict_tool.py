@@ -1,4 +1,4 @@
-"""tools/predict.py as users run it: one device, and 2 ZeRO-3 ranks under the deepspeed launcher."""
+"""trainer/cli/predict.py as users run it: one device, and 2 ZeRO-3 ranks under the deepspeed launcher."""
 import json
 import os
 import subprocess
@@ -10,12 +10,12 @@ import torch
 
 from tests.launch import run_trainer
 from tests.tiny_models import lively_t5
-from tools.run_files import read_run, run_tokenizer
-from trainer.adapter import config_hash, save_adapter
+from trainer.cli.run_files import read_run, run_tokenizer
+from trainer.inference.adapter import config_hash, save_adapter
 from trainer.config import EMBEDDED_DATA_DIR
-from trainer.distributed import free_port
-from trainer.smop import SMoP
-from trainer.tasks import get_task, load_split
+from trainer.runtime.distributed import free_port
+from trainer.methods.smop import SMoP
+from trainer.data.tasks import get_task, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT = str(ROOT / "tools" / "predict.py")

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.launch import events, run_trainer, start_trainer, wait_for_step, worker_pids
-from trainer.checkpoint import verify
-from trainer.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE
+from trainer.runtime.checkpoint import verify
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE
 
 LONG = ["train.max_steps=20", "checkpoint.every=5"]
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tests.launch import events, run_trainer
 from trainer.config import load_config
-from trainer.resume import fit_batch
+from trainer.runtime.resume import fit_batch
 
 STEPS = ["train.max_steps=6", "checkpoint.every=2", "train.router_lr=0.1"]  # 2 parameter groups to restore
 NO_DROPOUT = ["model.dropout=0", "train.global_batch_size=8"]

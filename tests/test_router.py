@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.router import VARIANTS, Router
+from trainer.methods.router import VARIANTS, Router
 
 
 def make(variant="smop", k=4, d=16, **kw):

@@ -1,9 +1,9 @@
-"""The router's data-dependent start (trainer/router_init.py): the centre and k-means rows."""
+"""The router's data-dependent start (trainer/methods/router_init.py): the centre and k-means rows."""
 import torch
 
-from trainer.data import Encoded
-from trainer.router import Router
-from trainer.router_init import fit_router, kmeans, router_inputs
+from trainer.data.batch import Encoded
+from trainer.methods.router import Router
+from trainer.methods.router_init import fit_router, kmeans, router_inputs
 
 
 def clustered(n_per: int = 64, k: int = 4, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

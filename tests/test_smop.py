@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.router import VARIANTS
-from trainer.smop import SMoP, init_prompts, masked_mean
+from trainer.methods.router import VARIANTS
+from trainer.methods.smop import SMoP, init_prompts, masked_mean
 
 
 def test_masked_mean_ignores_padding_and_keeps_eos():

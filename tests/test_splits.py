@@ -7,8 +7,8 @@ import pytest
 
 from tests.launch import run_trainer
 from trainer.config import DataConfig, DataSource, Splits
-from trainer.splits import load_splits
-from trainer.tasks import get_task, load_split, paper_splits
+from trainer.data.splits import load_splits
+from trainer.data.tasks import get_task, load_split, paper_splits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 

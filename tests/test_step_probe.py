@@ -9,7 +9,7 @@ import torch
 from tests.probes.step_probe import HostReads, run_probe, step_difference, write_ds_config
 from trainer.config import load_config
 from trainer.optim import build_optimizer, masked_step
-from trainer.smop import SMoP
+from trainer.methods.smop import SMoP
 
 
 def _one_masked_step(optimizer_name: str, fused: bool = False) -> list[dict]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.tasks import (TASKS, Example, carve_dev, get_task, load_hub_split, load_split,
+from trainer.data.tasks import (TASKS, Example, carve_dev, get_task, load_hub_split, load_split,
                            paper_splits, read_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "superglue"

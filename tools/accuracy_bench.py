@@ -32,9 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from tools.synthetic import MIXTURE_TASKS, write_mixture  # noqa: E402
+from tools.synthetic import MIXTURE_TASKS, write_mixture
 
 PROMPT_GRID = (0.03, 0.1, 0.3)
 DENSE_GRID = (1e-3, 3e-3, 1e-2)  # P-tuning's MLP and IAPT's generators are ordinary dense layers

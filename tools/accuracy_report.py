@@ -1,7 +1,7 @@
 """The accuracy benchmark's report: per-arm figures, the markdown tables, the targets, the dev-curve PNG.
 
 Reads what tools/accuracy_bench.py collected (its results dict: per-run summaries of metrics.jsonl) and
-adds what needs no run: analytic inference FLOPs (trainer/flops.py) of each arm on the shipped backbone at
+adds what needs no run: analytic inference FLOPs (trainer/monitor/flops.py) of each arm on the shipped backbone at
 the test set's mean lengths. Routing figures are the clean test routing (the noise-free router, as
 evaluation and prediction use it): a sub-task's majority prompt is the one that receives most of its test
 examples, and a seed is collapsed when the 4 sub-tasks' majority prompts are fewer than COLLAPSE_BELOW
@@ -19,7 +19,7 @@ from transformers import T5Config
 
 from tools.accuracy_bench import ARMS
 from trainer.config import load_config, model_location
-from trainer.flops import T5Shape, method_flops
+from trainer.monitor.flops import T5Shape, method_flops
 
 COLLAPSE_BELOW = 3
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")

@@ -12,7 +12,7 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     ...-grouped       suffix for any trainer arm: data.group_by_length=50 (length-grouped batches; pair it
                       with --lengths varied, since fixed-length rows have nothing to group)
     ...-gathered      suffix for any trainer arm: the latency measured with the ZeRO-3 backbone gathered once
-                      beforehand (trainer/eval_gather.py, as evaluation does when it fits); the one-time
+                      beforehand (trainer/runtime/eval_gather.py, as evaluation does when it fits); the one-time
                       gather is reported apart as gather_s
     ...-compile       suffix for any trainer arm: train.compile=true (torch.compile of each backbone block; the
                       compile itself happens in the warm-up steps, reported as warmup_step_s)
@@ -34,12 +34,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.bench_common import REPO, RESULT_PREFIX, SIZES, as_dict, device_info  # noqa: E402
-from tools.bench_common import flops_source, inference_flops_per_example, train_flops_per_example  # noqa: E402
-from trainer.distributed import free_port  # noqa: E402
-from trainer.main import git_revision  # noqa: E402
+from tools.bench_common import REPO, RESULT_PREFIX, SIZES, as_dict, device_info
+from tools.bench_common import flops_source, inference_flops_per_example, train_flops_per_example
+from trainer.runtime.distributed import free_port
+from trainer.main import git_revision
 
 DEFAULT_ARMS = "smop-4x5,pt-5,pt-20,pt-100,smop-4x5-zero2,hf-peft-100,full-ft,bare"
 FULL_FT = "full_finetune"
@@ -155,8 +154,8 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
 
 
 def add_flops(result: dict, size, peak: float | None) -> None:
-    """FLOPs per example from trainer.flops (via the hook in bench_common) and MFU against the measured peak."""
-    from trainer.backbone import tiny_t5_config
+    """FLOPs per example from trainer.monitor.flops (via the hook in bench_common) and MFU against the measured peak."""
+    from trainer.runtime.backbone import tiny_t5_config
     from trainer.config import load_config
     from tools.bench_common import model_overrides
 

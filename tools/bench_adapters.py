@@ -16,15 +16,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer.multi_adapter import MultiAdapterT5  # noqa: E402
-from trainer.smop import SMoP  # noqa: E402
+from trainer.inference.multi_adapter import MultiAdapterT5
+from trainer.methods.smop import SMoP
 
 
 def build(args):

@@ -43,7 +43,7 @@ class Size:
 
 
 # T5 v1.1 shapes (google/t5-v1_1-{large,xl,xxl} config.json). The trainer's random backbone ties the output
-# layer to the embedding (see trainer/backbone.py); v1.1 unties it. Compute per token is the same either way,
+# layer to the embedding (see trainer/runtime/backbone.py); v1.1 unties it. Compute per token is the same either way,
 # the parameter count differs by vocab x d (66M for XL). S = 512 is the SMoP/PT papers' SuperGLUE source length
 # (and the MFU target's); T = 8 covers the label words of every SuperGLUE task but ReCoRD.
 SIZES = {
@@ -134,17 +134,17 @@ def matmul_peak_flops(device: torch.device, n: int = 8192, iters: int = 200) -> 
     return 2 * n**3 * iters / (time.perf_counter() - started)
 
 
-# --- FLOPs: analytic, from trainer.flops ----------------------------------------------------------------
+# --- FLOPs: analytic, from trainer.monitor.flops ----------------------------------------------------------------
 # Counted from the T5Config and the sequence lengths: the DeepSpeed flops profiler is wrong for a frozen
 # ZeRO-3 backbone (it assumes backward = 2x forward and counts partitioned weights as 0).
 
 def _method_flops(t5_config, method: str, num_prompts: int, prompt_length: int, seq_len: int, target_len: int):
-    from trainer.flops import T5Shape, method_flops
+    from trainer.monitor.flops import T5Shape, method_flops
 
     try:
         return float(method_flops(method, T5Shape.from_config(t5_config), seq_len, target_len,
                                   num_prompts or 1, prompt_length or 0))
-    except ValueError:  # an arm whose method trainer.flops does not know
+    except ValueError:  # an arm whose method trainer.monitor.flops does not know
         return None
 
 
@@ -165,7 +165,7 @@ def train_flops_per_example(t5_config, method: str, num_prompts: int, prompt_len
 
 
 def flops_source() -> str:
-    return "analytic: trainer.flops.method_flops (2 x MACs of every matmul)"
+    return "analytic: trainer.monitor.flops.method_flops (2 x MACs of every matmul)"
 
 
 # --- results ---------------------------------------------------------------------------------------------

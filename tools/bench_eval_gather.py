@@ -6,7 +6,7 @@
 tools/bench.py measures each arm in its own processes one after another, so on a shared machine the load
 can change between arms. Here one set of ranks times, round after round, the same greedy generation three
 ways: (1) per module, as ZeRO-3 runs it (every weight gathered at every decoding step); (2) with the backbone
-gathered once (`trainer.eval_gather`, as evaluation and tools/predict.py now do when it fits); (3) a plain,
+gathered once (`trainer.runtime.eval_gather`, as evaluation and trainer/cli/predict.py now do when it fits); (3) a plain,
 unpartitioned copy of the same weights with torch's own linear restored: the replicated path (ZeRO-3 leaves
 DeepSpeed's `zero3_linear_wrap` installed as `F.linear` for the whole process). All three must generate the
 same tokens. The one-time gather is timed apart.
@@ -20,9 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def worker(args) -> None:
@@ -32,9 +30,9 @@ def worker(args) -> None:
     from transformers import T5ForConditionalGeneration
 
     from tools.bench_common import SIZES, model_overrides, synthetic_rows
-    from trainer import distributed
-    from trainer.data import Encoded, collate
-    from trainer.eval_gather import maybe_whole_backbone
+    from trainer.runtime import distributed
+    from trainer.data.batch import Encoded, collate
+    from trainer.runtime.eval_gather import maybe_whole_backbone
     from trainer.main import build_run, read_inputs
 
     size = SIZES[args.size]
@@ -99,7 +97,7 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    from trainer.distributed import free_port
+    from trainer.runtime.distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_port",
            str(free_port()), __file__, "--worker", "--size", args.size, "--rounds", str(args.rounds), "--out", args.out]

@@ -17,11 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from tools.bench_common import (Size, combine, emit, model_overrides, peak_memory, rank_figures,  # noqa: E402
+from tools.bench_common import (Size, combine, emit, model_overrides, peak_memory, rank_figures,
                                 reset_peak_memory, sync, synthetic_rows)
 
 
@@ -43,9 +42,9 @@ def main(spec: dict) -> None:
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from transformers import T5ForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
 
-    from trainer.backbone import tiny_t5_config
+    from trainer.runtime.backbone import tiny_t5_config
     from trainer.config import load_config
-    from trainer.ds_config import load_ds_config
+    from trainer.runtime.ds_config import load_ds_config
 
     size = Size(**spec["size"])
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -100,7 +99,7 @@ def main(spec: dict) -> None:
     mem = peak_memory(device)
     latency = None
     if spec["infer_repeats"] > 0:
-        latency = generation_latency(trainer.model, Rows(input_ids, labels)[: size.micro_batch], device,
+        latency = generation_latency(trainer.methods.prompted, Rows(input_ids, labels)[: size.micro_batch], device,
                                      size.gen_tokens, spec["infer_repeats"], world > 1)
     per_rank = [None] * world
     tdist.all_gather_object(per_rank, rank_figures(times, {}, mem, latency))

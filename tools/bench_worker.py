@@ -18,25 +18,23 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from tools.bench_common import (Size, combine, device_info, emit, matmul_peak_flops, median, model_overrides,  # noqa: E402
+from tools.bench_common import (Size, combine, device_info, emit, matmul_peak_flops, median, model_overrides,
                                 peak_memory, rank_figures, reset_peak_memory, sync, synthetic_rows, varied_rows)
 
 
 def main(spec: dict) -> None:
     import torch.distributed as tdist
 
-    from trainer import distributed
-    from trainer.data import Encoded, collate
+    from trainer.runtime import distributed
+    from trainer.data.batch import Encoded, collate
     from trainer.loop import reset_stats, train_step
     from trainer.main import build_run, read_inputs
-    from trainer.mixture import build_order
+    from trainer.data.mixture import build_order
 
     size = Size(**spec["size"])
     inputs = read_inputs(None, trainer_overrides(spec, size))
@@ -90,7 +88,7 @@ def main(spec: dict) -> None:
     paired_compile = compile_ab(run, device, spec["steps"]) if spec.get("compile") else None
     latency, gather_s = None, None
     if spec["kind"] != "bare" and spec["infer_repeats"] > 0:
-        from trainer.eval_gather import maybe_whole_backbone
+        from trainer.runtime.eval_gather import maybe_whole_backbone
 
         batch = collate(run.train_data, list(range(run.micro_batch)), 0)
         started = time.perf_counter()
@@ -201,8 +199,8 @@ def paired_overhead(bare_one_step, run, device: torch.device, steps: int) -> dic
 
 def compile_ab(run, device: torch.device, steps: int) -> dict:
     """train.compile arms: alternate `train_step` with the blocks' eager and compiled forwards on the same
-    model (trainer/compile.py keeps the eager one beside the compiled), so load drift hits both alike."""
-    from trainer.compile import blocks
+    model (trainer/runtime/compile.py keeps the eager one beside the compiled), so load drift hits both alike."""
+    from trainer.runtime.compile import blocks
     from trainer.loop import train_step
 
     model = getattr(run.model.backbone, "module", run.model.backbone)
@@ -247,7 +245,7 @@ def trainer_phases(run, device: torch.device, steps: int) -> dict:
     forward (collate, host-to-device, token-count all-reduce); backward = forward end to the next forward or
     the all-reduce; optimizer = all-reduce end to step end (clip, step, schedule, zero_grad). ZeRO-3's
     gathers happen inside forward and backward and are counted there."""
-    from trainer import distributed
+    from trainer.runtime import distributed
     from trainer.loop import train_step
 
     model, marks = run.model, []

@@ -1,11 +1,11 @@
-"""Measure the bytes each rank sends and receives per training step, beside trainer/placement.py's model.
+"""Measure the bytes each rank sends and receives per training step, beside trainer/runtime/placement.py's model.
 
     python tools/comm_volume.py                          # 1, 2 and 4 CPU ranks, ZeRO-3 and replicated
     python tools/comm_volume.py --ranks 2 --placements zero3 --json out.json
 
 Each (placement, ranks) cell runs the trainer's own `read_inputs -> distributed.init -> build_run ->
 train_step` under torchrun (gloo), with every torch.distributed collective wrapped by a counter: the
-trainer's (which go through trainer/distributed.py) and DeepSpeed's (deepspeed.comm calls torch.distributed,
+trainer's (which go through trainer/runtime/distributed.py) and DeepSpeed's (deepspeed.comm calls torch.distributed,
 apart from the all-gather function it captured at start-up, which is wrapped too). A rank's bytes are those
 of the standard ring algorithms NCCL uses, from the real tensor sizes of every call:
 all-gather of an N-byte result: (W-1)/W*N sent and received; all-reduce of N bytes: 2(W-1)/W*N each way;
@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULT = "COMM_RESULT "
 REPO = Path(__file__).resolve().parents[1]
@@ -128,12 +127,12 @@ class CommCounter:
 
 def worker(spec: dict) -> None:
     """One cell, in each process torchrun started."""
-    from trainer import distributed
-    from trainer.ds_config import param_dtype
+    from trainer.runtime import distributed
+    from trainer.runtime.ds_config import param_dtype
     from trainer.loop import reset_stats, train_step
     from trainer.main import build_run, read_inputs
-    from trainer.flops import T5Shape
-    from trainer.placement import ZeroSettings, backbone_numels, step_volume
+    from trainer.monitor.flops import T5Shape
+    from trainer.runtime.placement import ZeroSettings, backbone_numels, step_volume
 
     overrides = [*SHAPE, f"ds_config={spec['ds_config']}", f"output_dir={spec['out_dir']}", "overwrite=true",
                  "train.max_steps=1000", "train.eval_every=0", "train.log_every=1000",
@@ -182,7 +181,7 @@ def worker(spec: dict) -> None:
 def measure(placement: str, ranks: int, out: Path, steps: int = 2, warmup: int = 2, micro_batch: int = 4,
             accum: int = 1, timeout: int = 600, overrides: list[str] | None = None, ds_config: str = "") -> dict:
     """Run one cell and return its result (raises with the log when it fails)."""
-    from trainer.distributed import free_port
+    from trainer.runtime.distributed import free_port
 
     spec = {"placement": placement, "ds_config": ds_config or CONFIGS[placement], "out_dir": str(out / f"{placement}-{ranks}"),
             "steps": steps, "warmup": warmup, "micro_batch": micro_batch, "accum": accum,

@@ -9,13 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-import ast  # noqa: E402
-import dataclasses  # noqa: E402
-import inspect  # noqa: E402
+import ast
+import dataclasses
+import inspect
 
-from trainer.config import RunConfig, dataclass_type  # noqa: E402
+from trainer.config import RunConfig, dataclass_type
 
 
 def field_docs(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, object]]:

@@ -17,7 +17,6 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def env_report(path: Path) -> dict:
@@ -48,7 +47,7 @@ def env_report(path: Path) -> dict:
 def train_ds_config(path: Path) -> dict:
     """The default run's ds_config (whatever RunConfig names today) with bf16 on."""
     from trainer.config import REPO_ROOT, RunConfig
-    from trainer.ds_config import load_ds_config
+    from trainer.runtime.ds_config import load_ds_config
 
     source = RunConfig().ds_config
     ds = load_ds_config(str(REPO_ROOT / source))

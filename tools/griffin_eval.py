@@ -25,13 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+import torch
+import torch.nn.functional as F
+from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer import griffin  # noqa: E402
+from trainer.inference import griffin
 
 VOCAB, FIRST = 64, 3  # ids 0 pad, 1 </s>, 2 unused; symbols 3..63
 SHAPES = {"tiny": dict(d_model=64, d_ff=256, d_kv=16, num_heads=4, num_layers=2),

@@ -4,8 +4,8 @@
     python tools/placement.py --params 3e9 --gpu-mem 40 --ranks-per-node 4 --nodes 4 --gbps 100
     python tools/placement.py --grid      # T5-large/XL/XXL, 8 GPUs on 1, 2, 8 nodes, 100/200/400 Gbit/s
 
-The model and its assumptions are in trainer/placement.py (traffic, checked against tools/comm_volume.py)
-and trainer/placement_plan.py (memory from DeepSpeed's estimators, time from analytic FLOPs and an assumed
+The model and its assumptions are in trainer/runtime/placement.py (traffic, checked against tools/comm_volume.py)
+and trainer/runtime/placement_plan.py (memory from DeepSpeed's estimators, time from analytic FLOPs and an assumed
 MFU). Defaults: H100 SXM (989 TFLOP/s dense bf16, 80 GiB), MFU 0.35, NVLink-class 2400 Gbit/s per device
 inside a node, SMoP 4 x 5, S = 512, T = 8, bf16, the micro batches of tools/bench.py.
 """
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.flops import T5Shape  # noqa: E402
-from trainer.placement import ZeroSettings  # noqa: E402
-from trainer.placement_plan import Hardware, Workload, notice, predict  # noqa: E402
+from trainer.monitor.flops import T5Shape
+from trainer.runtime.placement import ZeroSettings
+from trainer.runtime.placement_plan import Hardware, Workload, notice, predict
 
 VOCAB = 32128
 # T5 v1.1 shapes (untied output layer) and tools/bench.py's micro batches.

@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
 
-from tools.synthetic import OPERATIONS, REGIONS, example, pretraining_pair, vocabulary  # noqa: E402
-from trainer.tokenizer import train_tokenizer  # noqa: E402
+from tools.synthetic import OPERATIONS, REGIONS, example, pretraining_pair, vocabulary
+from trainer.data.tokenizer import train_tokenizer
 
 
 def build(tokenizer, d_model: int, layers: int) -> T5ForConditionalGeneration:

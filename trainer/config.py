@@ -242,7 +242,7 @@ class TrainConfig:
     compute (and under ZeRO-3 one more gather per block). See docs/benchmarks.md for the trade-off."""
     compile: bool = False
     """torch.compile each backbone block's forward for training steps (evaluation stays eager); off by default:
-    see docs/benchmarks.md for compile time and speed, trainer/compile.py for how."""
+    see docs/benchmarks.md for compile time and speed, trainer/runtime/compile.py for how."""
     check_replicas_every: int = 0
     """Every N steps, verify that every rank holds bit-identical fp32 trainable parameters (0: never)."""
     max_nonfinite: int = 5
@@ -287,7 +287,7 @@ class EvalConfig:
     """Tokens generated per example."""
     gather_backbone: typing.Optional[bool] = None
     """ZeRO-3: gather the whole backbone once per evaluation instead of at every forward and decoding step.
-    None: when it fits on each device (trainer/eval_gather.py); true/false: always/never."""
+    None: when it fits on each device (trainer/runtime/eval_gather.py); true/false: always/never."""
 
 
 @dataclass

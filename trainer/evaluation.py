@@ -12,7 +12,7 @@ dropped), and the prediction mode is a property of the task, identical on every 
 
 Predictions are gathered from all ranks once per evaluation and written by rank 0 to
 `predictions-<task>-<step>.jsonl` (the test set: `predictions-<task>-test-<step>.jsonl`), one
-`{"idx", "prediction", "prompt"}` object per example in the format `tools/evaluate.py` reads.
+`{"idx", "prediction", "prompt"}` object per example in the format `trainer/cli/evaluate.py` reads.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from trainer import distributed
+from trainer.runtime import distributed
 from trainer.config import EvalMode
-from trainer.data import Encoded, collate, eval_shards
-from trainer.eval_gather import gathered_for_evaluation
-from trainer.metrics import idx_key, score, superglue_average
-from trainer.monitor import routing_summary
-from trainer.tasks import Task, get_task
+from trainer.data.batch import Encoded, collate, eval_shards
+from trainer.runtime.eval_gather import gathered_for_evaluation
+from trainer.data.metrics import idx_key, score, superglue_average
+from trainer.monitor.monitor import routing_summary
+from trainer.data.tasks import Task, get_task
 
 
 @gathered_for_evaluation  # under ZeRO-3, the backbone whole for the evaluation when it fits (eval.gather_backbone)

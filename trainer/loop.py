@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from trainer import checkpoint, distributed
+from trainer.runtime import checkpoint
+from trainer.runtime import distributed
 from trainer.config import RunConfig
-from trainer.data import Encoded, TrainOrder, collate
-from trainer.distributed import Dist
+from trainer.data.batch import Encoded, TrainOrder, collate
+from trainer.runtime.distributed import Dist
 from trainer.evaluation import evaluate
-from trainer.guard import StepGuard
-from trainer.model import PromptedT5
-from trainer.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
+from trainer.runtime.guard import StepGuard
+from trainer.methods.prompted import PromptedT5
+from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
 from trainer.optim import masked_step
 
 
@@ -40,7 +41,7 @@ class Run:
     step: int = 0
     stats: dict = field(default_factory=dict)
     guard: StepGuard = field(default_factory=lambda: StepGuard(max_nonfinite=5))
-    """Per-step agreement on skipping non-finite updates and stopping on a signal (see trainer/guard.py)."""
+    """Per-step agreement on skipping non-finite updates and stopping on a signal (see trainer/runtime/guard.py)."""
     eval_split: str = "val"
     """Name of the split in eval_data ("val", or "dev" with data.splits=paper), for the eval events."""
     test_data: Encoded | None = None

@@ -13,35 +13,34 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Run as a script, Python puts trainer/ (not the repository) on sys.path; the package needs the latter.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
+import yaml
+from safetensors.torch import save_file
 
-from trainer import distributed, resume  # noqa: E402
-from trainer.adapter import adapter_meta, save_adapter  # noqa: E402
-from trainer.backbone import build_backbone  # noqa: E402
-from trainer.compile import compile_blocks  # noqa: E402
-from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInit, RouterInput, RunConfig,  # noqa: E402
+from trainer.runtime import distributed
+from trainer.runtime import resume
+from trainer.inference.adapter import adapter_meta, save_adapter
+from trainer.runtime.backbone import build_backbone
+from trainer.runtime.compile import compile_blocks
+from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInit, RouterInput, RunConfig,
                             load_config, prompt_positions, to_dict)
-from trainer.data import encode, task_names  # noqa: E402
-from trainer.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss  # noqa: E402
-from trainer.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch  # noqa: E402
-from trainer.evaluation import evaluate  # noqa: E402
-from trainer.loop import Run, train  # noqa: E402
-from trainer.iapt import IAPT  # noqa: E402
-from trainer.mixture import build_order  # noqa: E402
-from trainer.model import NoPrompt, PromptedT5  # noqa: E402
-from trainer.monitor import CollapseDetector, Monitor  # noqa: E402
-from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
-from trainer.placement_plan import startup_notice  # noqa: E402
-from trainer.ptuning import PromptEncoder  # noqa: E402
-from trainer.router_init import fit_router, router_inputs  # noqa: E402
-from trainer.smop import SMoP, init_prompts  # noqa: E402
-from trainer.splits import RunSplits, load_splits  # noqa: E402
-from trainer.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+from trainer.data.batch import encode, task_names
+from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
+from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
+from trainer.evaluation import evaluate
+from trainer.loop import Run, train
+from trainer.methods.iapt import IAPT
+from trainer.data.mixture import build_order
+from trainer.methods.prompted import NoPrompt, PromptedT5
+from trainer.monitor.monitor import CollapseDetector, Monitor
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.runtime.placement_plan import startup_notice
+from trainer.methods.ptuning import PromptEncoder
+from trainer.methods.router_init import fit_router, router_inputs
+from trainer.methods.smop import SMoP, init_prompts
+from trainer.data.splits import RunSplits, load_splits
+from trainer.data.tokenizer import load_tokenizer, train_tokenizer
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -206,7 +205,7 @@ def build_tokenizer(cfg: RunConfig, train_examples):
     name = cfg.model.tokenizer or ("" if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path)
     if name:
         return load_tokenizer(name, cfg.model.trust_remote_code)
-    from trainer.tasks import get_task
+    from trainer.data.tasks import get_task
 
     texts = [ex.input for ex in train_examples] + [ex.target for ex in train_examples]
     words = tuple(w for name in task_names(cfg.data) for w in (get_task(name).label_words or ()))

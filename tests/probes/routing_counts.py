@@ -6,14 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
-from tests.launch import TINY  # noqa: E402
-from trainer import distributed  # noqa: E402
-from trainer.loop import maybe_log, reset_stats, train_step  # noqa: E402
-from trainer.main import build_run, read_inputs  # noqa: E402
+from tests.launch import TINY
+from trainer.runtime import distributed
+from trainer.loop import maybe_log, reset_stats, train_step
+from trainer.main import build_run, read_inputs
 
 out = Path(sys.argv[1])
 inputs = read_inputs(None, TINY + [f"output_dir={out}", "train.log_every=3", *sys.argv[2:]])

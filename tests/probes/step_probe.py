@@ -27,12 +27,11 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import torch
+from safetensors.torch import load_file, save_file
 
-from tests.launch import TINY  # noqa: E402
+from tests.launch import TINY
 
 TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 READS = ("__bool__", "item", "tolist", "__float__", "__int__")
@@ -147,8 +146,9 @@ def main() -> None:
                    "micro batch with synced_gpus on and off")
     args, overrides = p.parse_known_args()
 
-    from trainer import distributed, loop
-    from trainer.compile import blocks
+    from trainer import loop
+    from trainer.runtime import distributed
+    from trainer.runtime.compile import blocks
     from trainer.main import build_run, read_inputs
 
     out = Path(args.out)
@@ -216,8 +216,8 @@ def main() -> None:
 
 
 def generate_both(run, tokens: int) -> dict:
-    """Greedy ids of one micro batch with synced_gpus on and off (trainer.model.PromptedT5.generate)."""
-    from trainer.data import collate
+    """Greedy ids of one micro batch with synced_gpus on and off (trainer.methods.prompted.PromptedT5.generate)."""
+    from trainer.data.batch import collate
 
     batch = collate(run.eval_data, list(range(run.micro_batch)), run.tokenizer.pad_token_id)
     batch = {k: v.to(run.dist.device) for k, v in batch.items()}

@@ -1,0 +1,83 @@
+"""Trainable parameters and inference FLOPs of each method on T5 v1.1 LM-adapted base/large/XL/XXL.
+
+    python trainer/cli/count.py                      # parameter table, FLOP table at several input lengths
+    python trainer/cli/count.py --source-lens 100 250 --target-len 2
+
+Nothing is downloaded or allocated: the backbones are built on the meta device from hand-written configs
+(the shapes of google/t5-{base,large,xl,xxl}-lm-adapt), the methods' modules likewise, and FLOPs come
+from trainer/monitor/flops.py's analytic count.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from trainer.monitor.flops import T5Shape, method_flops
+from trainer.methods.iapt import IAPT
+from trainer.methods.ptuning import PromptEncoder
+from trainer.methods.smop import SMoP
+
+# d_model, d_ff, num_layers, num_heads (d_kv = 64, gated-GELU, untied head, vocab 32128 for all four).
+SHAPES = {"t5-base": (768, 2048, 12, 12), "t5-large": (1024, 2816, 24, 16),
+          "t5-xl": (2048, 5120, 24, 32), "t5-xxl": (4096, 10240, 24, 64)}
+
+# (label, method, k, l): the paper's comparison and the baselines of method.md.
+METHODS = [("SMoP 4x5", "smop", 4, 5), ("prompt tuning 5", "prompt_tuning", 1, 5),
+           ("prompt tuning 20", "prompt_tuning", 1, 20), ("prompt tuning 100", "prompt_tuning", 1, 100),
+           ("P-tuning MLP 20", "ptuning", 1, 20), ("IAPT m=32", "iapt", 1, 4), ("full fine-tuning", "full_finetune", 1, 0)]
+
+
+def config(name: str) -> T5Config:
+    d, d_ff, layers, heads = SHAPES[name]
+    return T5Config(vocab_size=32128, d_model=d, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
+                    num_decoder_layers=layers, feed_forward_proj="gated-gelu")
+
+
+def trainable_params(cfg: T5Config, method: str, k: int, l: int) -> int:
+    """Built on the meta device from the trainer's own modules: shapes only, no memory."""
+    with torch.device("meta"):
+        if method == "full_finetune":
+            # v1.1 shares one embedding between encoder and decoder but has its own output layer. In
+            # transformers 5, tie_word_embeddings=False unties the encoder and decoder embeddings as well,
+            # so count the tied model and add the head.
+            model = T5ForConditionalGeneration(cfg)
+            return sum(p.numel() for p in model.parameters()) + cfg.vocab_size * cfg.d_model
+        elif method == "iapt":
+            module = IAPT(cfg.d_model, cfg.num_layers, bottleneck=32)
+        else:
+            encoder = PromptEncoder(cfg.d_model, 128, "mlp") if method == "ptuning" else None
+            module = SMoP(cfg.d_model, k, l, encoder=encoder)
+    return sum(p.numel() for p in module.parameters())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source-lens", type=int, nargs="+", default=[64, 128, 256, 407],
+                        help="input tokens per example (prompt positions are added on top)")
+    parser.add_argument("--target-len", type=int, default=2, help="target tokens: a label word and </s>")
+    args = parser.parse_args(argv)
+
+    print("## Trainable parameters\n")
+    print("| method | " + " | ".join(SHAPES) + " |\n|---|" + "---:|" * len(SHAPES))
+    for label, method, k, l in METHODS:
+        counts = [trainable_params(config(name), method, k, l) for name in SHAPES]
+        print(f"| {label} | " + " | ".join(f"{c:,}" for c in counts) + " |")
+
+    print(f"\n## Inference GFLOPs per example (target {args.target_len} tokens)\n")
+    for name in SHAPES:
+        shape = T5Shape.from_config(config(name))
+        print(f"### {name}\n\n| method | " + " | ".join(f"S={s}" for s in args.source_lens) + " |")
+        print("|---|" + "---:|" * len(args.source_lens))
+        flops = {label: [method_flops(method, shape, s, args.target_len, k, l) for s in args.source_lens]
+                 for label, method, k, l in METHODS}
+        for label, row in flops.items():
+            print(f"| {label} | " + " | ".join(f"{f / 1e9:.2f}" for f in row) + " |")
+        change = [100 * (a / b - 1) for a, b in zip(flops["SMoP 4x5"], flops["prompt tuning 100"])]
+        print("| SMoP 4x5 vs prompt tuning 100 | " + " | ".join(f"{c:+.1f}%" for c in change) + " |\n")
+
+
+if __name__ == "__main__":
+    main()

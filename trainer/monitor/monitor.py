@@ -1,0 +1,110 @@
+"""What a run reports: metrics.jsonl, TensorBoard scalars, routing-balance summaries and pictures.
+
+Only rank 0 writes; the loop calls `log` on every rank and the monitor decides, so no rank checks are
+scattered through the loop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+from pathlib import Path
+
+import torch
+
+
+def routing_summary(counts: torch.Tensor, task_names: list[str], prefix: str = "routing_") -> dict:
+    """Load-balance figures from all-reduced routing counts (num_tasks, k), keys starting with `prefix`.
+
+    routing_fraction: share of examples per prompt (sums to 1); routing_entropy: its entropy divided by
+    log k (1 = perfectly balanced); routing_cv: coefficient of variation of the per-prompt counts;
+    routing_table (mixtures only): per task, the share of its examples sent to each prompt.
+    """
+    totals = counts.sum(0).double()  # (k,)
+    k, n = totals.numel(), float(totals.sum())
+    fraction = (totals / max(n, 1.0)).tolist()
+    entropy = 0.0 - sum(f * math.log(f) for f in fraction if f > 0)  # 0.0 - : never print -0.000
+    mean = totals.mean()
+    out = {f"{prefix}fraction": fraction,
+           f"{prefix}entropy": entropy / math.log(k) if k > 1 else 1.0,
+           f"{prefix}cv": float(totals.std(unbiased=False) / mean) if mean > 0 else 0.0}
+    if counts.shape[0] > 1:
+        rows = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)
+        out[f"{prefix}table"] = {name: row.tolist() for name, row in zip(task_names, rows)}
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: allocated CUDA memory on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class CollapseDetector:
+    """Declares routing collapse once: the clean routing's normalised entropy below `threshold` for
+    `patience` log events in a row. Every rank feeds it the same all-reduced entropy, so every rank
+    declares it at the same step without a collective of its own.
+
+    Args:
+        threshold: normalised entropy below which a log event counts as collapsed (0: never).
+        patience: collapsed log events in a row that declare collapse.
+    """
+
+    def __init__(self, threshold: float, patience: int):
+        self.threshold, self.patience = threshold, patience
+        self.streak, self.declared = 0, False
+
+    def update(self, entropy: float) -> bool:
+        """True at the one log event where collapse is declared."""
+        self.streak = self.streak + 1 if entropy < self.threshold else 0
+        if self.declared or self.streak < self.patience:
+            return False
+        self.declared = True
+        return True
+
+
+class Monitor:
+    """Appends one JSON object per event to `metrics.jsonl` and mirrors numbers to TensorBoard."""
+
+    def __init__(self, output_dir: str, enabled: bool):
+        self.enabled, self.writer, self.file, self.output_dir = enabled, None, None, Path(output_dir)
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.file = open(Path(output_dir) / "metrics.jsonl", "a", buffering=1)
+            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def log(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(event) + "\n")
+        kind, step = event.get("event", "train"), event["step"]
+        for key, value in event.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+            elif key.endswith("routing_fraction"):  # clean and noisy: one scalar per prompt
+                for i, f in enumerate(value):
+                    self.writer.add_scalar(f"{kind}/{key}/{i}", f, step)
+            elif key.endswith("routing_table"):
+                for task, shares in value.items():
+                    for i, f in enumerate(shares):
+                        self.writer.add_scalar(f"{kind}/{key}/{task}/{i}", f, step)
+
+    def close(self, plots: bool = False) -> None:
+        """Close the files; with `plots`, first draw the run's pictures (trainer/monitor/plots.py) into
+        output_dir/plots/ and TensorBoard, and say where they are."""
+        if not self.enabled:
+            return
+        self.file.close()
+        if plots:
+            from trainer.monitor.plots import write_plots  # matplotlib: only where pictures are drawn
+
+            try:
+                paths = write_plots(self.output_dir, self.writer)
+            except (ValueError, OSError) as e:  # a picture must never fail a run that has finished
+                print(f"warning: no pictures drawn ({e})")
+            else:
+                if paths:
+                    print(f"pictures: {self.output_dir / 'plots'}/ ({', '.join(p.name for p in paths)})")
+        self.writer.close()

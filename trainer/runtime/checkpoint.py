@@ -1,0 +1,258 @@
+"""Checkpoints of what trains, and resuming from them.
+
+A checkpoint is `output_dir/checkpoints/step-NNNNNN/` holding only the trainable state: the SMoP
+parameters (`smop.safetensors`), the optimiser and scheduler state and every rank's RNG (`state.pt`,
+tensors and plain values only, read back with `torch.load(weights_only=True)`), and `meta.json` (step,
+batch layout, and the size and SHA-256 of each file). The frozen backbone is never saved: it is rebuilt
+from `model.name_or_path`. The data order and router noise are pure functions of (seed, step), so the
+step is the whole data-loader position.
+
+The SMoP parameters and their optimiser state are replicated on every rank, outside ZeRO, so rank 0 writes
+them once; that is also what lets a run resume on a different number of ranks.
+
+Crash safety: a checkpoint is written into a temporary directory, fsynced and renamed into place; then the
+`latest` file is rewritten the same way (write, fsync, rename). A crash at any moment leaves `latest`
+naming a complete checkpoint. A checkpoint whose files do not match its `meta.json` is skipped, saying so,
+in favour of the one before it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.runtime import distributed
+from trainer.config import RunConfig
+
+FORMAT = 1
+FILES = ("smop.safetensors", "state.pt")
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues from, read and verified before anything is built."""
+
+    path: Path
+    meta: dict
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, truncated or corrupt files)."""
+
+
+def checkpoints_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / "checkpoints"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+# --- writing --------------------------------------------------------------------------------------------
+
+def save(run, reason: str) -> Path:
+    """Write a checkpoint of `run` at its current step; called on every rank (it gathers the RNG states)."""
+    rng = distributed.all_gather_objects(torch.get_rng_state())  # dropout draws differ per rank
+    # On CUDA dropout draws from the device's generator, which the CPU state above does not cover.
+    device_rng = distributed.all_gather_objects(
+        torch.cuda.get_rng_state(run.dist.device) if run.dist.device.type == "cuda" else None)
+    root, name = checkpoints_dir(run.cfg), step_name(run.step)
+    if run.dist.is_main:
+        tmp = root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in run.model.smop.state_dict().items()},
+                  str(tmp / "smop.safetensors"))
+        torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                    "rng": rng, "device_rng": device_rng}, tmp / "state.pt")
+        meta = {"format": FORMAT, "step": run.step, "reason": reason, "world_size": run.dist.world_size,
+                "global_batch": run.order.global_batch, "micro_batch": run.micro_batch,
+                "accum_steps": run.accum_steps, "nonfinite_skipped": run.guard.skipped,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in FILES}}
+        _write_synced(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+        for f in FILES:
+            _fsync_file(tmp / f)
+        final = root / name
+        if final.exists():  # a re-save of the same step (e.g. a resumed run that ends where it resumed)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        _write_synced(root / "latest", name + "\n", atomic=True)
+        _prune(root, run.cfg.checkpoint.keep, keep_name=name)
+    distributed.barrier()  # nobody runs ahead (or exits) while rank 0 is still writing
+    return root / name
+
+
+def _prune(root: Path, keep: int, keep_name: str) -> None:
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        if old.name != keep_name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_synced(path: Path, text: str, atomic: bool = False) -> None:
+    target = path.with_name(f".{path.name}.tmp") if atomic else path
+    with open(target, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if atomic:
+        os.replace(target, path)
+        _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- finding and verifying ------------------------------------------------------------------------------
+
+def verify(path: Path) -> dict:
+    """meta.json of the checkpoint at `path` once every file matches it; CheckpointError otherwise."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no meta.json (not a checkpoint, or an unfinished one)") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}/meta.json: unreadable ({e.__class__.__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
+        raise CheckpointError(f"{path}/meta.json: not a format-{FORMAT} checkpoint description")
+    for name in FILES:
+        expected, file = meta["files"].get(name, {}), path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing")
+        size = file.stat().st_size
+        if size != expected.get("bytes"):
+            raise CheckpointError(f"{file}: {size} bytes, meta.json says {expected.get('bytes')} (truncated?)")
+        if _sha256(file) != expected.get("sha256"):
+            raise CheckpointError(f"{file}: checksum differs from meta.json (corrupt)")
+    return meta
+
+
+def find_latest(root: Path, say=print) -> Resume | None:
+    """The newest usable checkpoint: the one `latest` names, else the newest step-* that verifies.
+
+    Each unusable one is reported through `say` and skipped, so a corrupt save costs `every` steps, not
+    the run.
+    """
+    candidates = sorted(root.glob("step-*"), reverse=True)
+    pointer = root / "latest"
+    try:
+        named = root / pointer.read_text().strip() if pointer.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        say(f"warning: {pointer} is unreadable; using the newest checkpoint that verifies")
+        named = None
+    if named is not None:
+        candidates = [named] + [c for c in candidates if c != named]
+    for i, path in enumerate(candidates):
+        try:
+            return Resume(path, verify(path))
+        except CheckpointError as e:
+            after = candidates[i + 1].name if i + 1 < len(candidates) else "none"
+            say(f"warning: checkpoint {e}; falling back to {after}")
+    if candidates:
+        raise ValueError(f"{root}: no usable checkpoint; pass checkpoint.resume=fresh to start over")
+    return None
+
+
+def locate(cfg: RunConfig, say=print) -> Resume | None:
+    """The checkpoint this run continues from, per `checkpoint.resume` (None: start at step 0)."""
+    how, root = cfg.checkpoint.resume.strip(), checkpoints_dir(cfg)
+    if how == "fresh" or (how == "auto" and cfg.overwrite):
+        return None
+    if how in ("auto", "latest"):
+        found = find_latest(root, say) if root.is_dir() else None
+        if found is None and how == "latest":
+            raise ValueError(f"checkpoint.resume=latest: no usable checkpoint in {root}")
+        return found
+    path = Path(how) if Path(how).is_dir() else root / how
+    if not path.is_dir():
+        raise ValueError(f"checkpoint.resume: no checkpoint '{how}' (looked in {root})")
+    return Resume(path, verify(path))  # named explicitly: no silent fallback
+
+
+# --- reading --------------------------------------------------------------------------------------------
+
+def restore(run, resume: Resume | None) -> None:
+    """Load the trainable state of `resume` into `run` (every rank reads the same files)."""
+    if resume is None:
+        return
+    meta, path = resume.meta, resume.path
+    try:
+        smop_state = load_file(str(path / "smop.safetensors"))
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+        run.model.smop.load_state_dict({k: v.to(run.dist.device) for k, v in smop_state.items()})
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: does not fit this run ({str(e).splitlines()[0]})") from None
+    run.step, run.guard.skipped = meta["step"], meta.get("nonfinite_skipped", 0)
+    rng = state["rng"]
+    if len(rng) == run.dist.world_size:
+        torch.set_rng_state(rng[run.dist.rank])
+        device_rng = state.get("device_rng", [None] * len(rng))[run.dist.rank]  # absent before CUDA states
+        if device_rng is not None and run.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(device_rng, run.dist.device)
+    else:  # dropout masks cannot match another world size anyway; keep ranks distinct and reproducible
+        torch.manual_seed(run.cfg.seed * 1_000_003 + run.step * 101 + run.dist.rank)
+    _drop_later_events(run)
+    run.monitor.log({"event": "resume", "step": run.step, "checkpoint": str(path),
+                     "world_size": run.dist.world_size, "previous_world_size": meta["world_size"]})
+
+
+def _drop_later_events(run) -> None:
+    """metrics.jsonl keeps one history: events logged after the checkpoint (then lost) are removed.
+
+    Rewritten in place, not replaced, because the monitor already holds the file open for appending."""
+    path = Path(run.cfg.output_dir) / "metrics.jsonl"
+    if not run.dist.is_main or not path.exists():
+        return
+    with open(path, "r+") as f:
+        kept = [line for line in f if _step_of(line) <= run.step]
+        f.seek(0)
+        f.writelines(kept)
+        f.truncate()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a line cut short by the crash that we are resuming from
+
+
+def set_aside_previous(cfg: RunConfig) -> Path | None:
+    """Starting fresh in a used output_dir: move its checkpoints and metrics to previous-<time>/ (rank 0)."""
+    out = Path(cfg.output_dir)
+    old = [p for p in (out / "checkpoints", out / "metrics.jsonl", out / "tensorboard") if p.exists()]
+    if not old:
+        return None
+    aside = out / time.strftime("previous-%Y%m%d-%H%M%S")
+    aside.mkdir(exist_ok=True)
+    for p in old:
+        os.replace(p, aside / p.name)
+    return aside
