@@ -38,7 +38,7 @@ from pathlib import Path
 from tools.bench_common import REPO, RESULT_PREFIX, SIZES, as_dict, device_info
 from tools.bench_common import flops_source, inference_flops_per_example, train_flops_per_example
 from trainer.runtime.distributed import free_port
-from trainer.main import git_revision
+from trainer.monitor.provenance import git_revision
 
 DEFAULT_ARMS = "smop-4x5,pt-5,pt-20,pt-100,smop-4x5-zero2,hf-peft-100,full-ft,bare"
 FULL_FT = "full_finetune"

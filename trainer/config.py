@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
 EMBEDDED_DATA_DIR = REPO_ROOT / "trainer" / "assets" / "data"
 SHIPPED_MODELS = {"tiny-pretrained": REPO_ROOT / "trainer" / "assets" / "tiny-pretrained"}
 """Backbones that ship with the trainer, by name (tools/pretrain_tiny.py regenerates tiny-pretrained)."""
@@ -335,7 +336,7 @@ def load_config(preset: str | None, overrides: list[str]) -> RunConfig:
     """Defaults, then the preset file, then `key.sub=value` overrides; validated."""
     cfg = RunConfig()
     if preset:
-        path = Path(preset)
+        path = Path(shipped_path(preset))
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
@@ -404,6 +405,17 @@ def validate(cfg: RunConfig) -> None:
                        "train.router_lr": t.router_lr}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
+
+
+def shipped_path(path: str) -> str:
+    """A shipped preset or ds_config (`configs/...`, `ds_configs/...`) from any working directory: as given
+    when it exists, else in the checkout, else inside an installed package (`pip install .` carries them)."""
+    if Path(path).exists() or Path(path).is_absolute():
+        return path
+    for root in (REPO_ROOT, PACKAGE_DIR):
+        if (root / path).exists():
+            return str(root / path)
+    return path  # the reader names it in its error
 
 
 def model_location(name: str) -> str:

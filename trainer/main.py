@@ -6,16 +6,13 @@ arguments it trains SMoP on the embedded tiny default: a random T5 and small Sup
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from trainer.runtime import distributed
@@ -23,8 +20,8 @@ from trainer.runtime import resume
 from trainer.inference.adapter import adapter_meta, save_adapter
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
-from trainer.config import (REPO_ROOT, Method, PromptInit, RouterInit, RouterInput, RunConfig,
-                            load_config, prompt_positions, to_dict)
+from trainer.config import (Method, PromptInit, RouterInit, RouterInput, RunConfig,
+                            load_config, prompt_positions, shipped_path)
 from trainer.data.batch import encode, task_names
 from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
@@ -34,6 +31,8 @@ from trainer.methods.iapt import IAPT
 from trainer.data.mixture import build_order
 from trainer.methods.prompted import NoPrompt, PromptedT5
 from trainer.monitor.monitor import CollapseDetector, Monitor
+from trainer.monitor.provenance import write_run_files
+from trainer.monitor.report import describe, print_result
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.runtime.placement_plan import startup_notice
 from trainer.methods.ptuning import PromptEncoder
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.destroy()  # a no-op before init; after it, a clean exit for gloo's threads
         return EXIT_BAD_INPUT
     if dist.is_main:
-        write_run_files(run, inputs.ds_config)
+        write_run_files(run.cfg, inputs.ds_config, dist, run.model.backbone, run.tokenizer)
         describe(run)
         if notice := startup_notice(run, inputs.ds_config):  # a faster placement of the backbone fits
             print(notice)
@@ -132,7 +131,7 @@ def _close(run: Run, code: int) -> int:
 
 def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
     cfg = load_config(preset, overrides)
-    ds_config = load_ds_config(_resolve(cfg.ds_config))
+    ds_config = load_ds_config(shipped_path(cfg.ds_config))
     splits = load_splits(cfg.data)
     tokenizer = build_tokenizer(cfg, splits.train.examples)
     check_output_dir(cfg)  # last: bad data or config fails before anything is created in output_dir
@@ -255,74 +254,12 @@ def check_output_dir(cfg: RunConfig) -> None:
         raise ValueError(f"output_dir '{out}' is not writable ({e.strerror})") from None
 
 
-def write_run_files(run: Run, ds_config: dict) -> None:
-    """Enough beside the outputs to reproduce the run: config, ds_config, revision, world size, job id."""
-    cfg, world_size, tokenizer = run.cfg, run.dist.world_size, run.tokenizer
-    out = Path(cfg.output_dir)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-    backbone = list(run.model.backbone.parameters())
-    info = {"git_revision": git_revision(), "world_size": world_size, "hosts": list(run.dist.hosts),
-            "command": sys.argv,
-            "backbone_dtype": str(backbone[0].dtype).removeprefix("torch."),
-            "activation_checkpointing": bool(getattr(run.model.backbone, "is_gradient_checkpointing", False)),
-            "backbone_params": sum(distributed.numel(p) for p in backbone),
-            "backbone_params_on_rank0": sum(distributed.local_numel(p) for p in backbone),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "torch": torch.__version__,
-            "deepspeed": __import__("deepspeed").__version__, "transformers": __import__("transformers").__version__}
-    (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    tokenizer.save_pretrained(str(out / "tokenizer"))
 
 
-def describe(run: Run) -> None:
-    smop, cfg = run.model.smop, run.cfg
-    trainable = sum(distributed.numel(p) for p in (run.model.backbone if run.engine else smop).parameters())
-    frozen = sum(distributed.numel(p) for p in run.model.backbone.parameters())
-    stage = json.loads((Path(cfg.output_dir) / "ds_config.json").read_text()).get("zero_optimization", {})
-    print(f"world {run.dist.world_size} | batch {run.micro_batch} x accum {run.accum_steps} x world "
-          f"{run.dist.world_size} = {run.order.global_batch} | ZeRO stage {stage.get('stage', 0)}")
-    print(f"backbone {cfg.model.name_or_path}: {frozen:,} params | {cfg.prompt.method.value}: "
-          f"{smop.num_prompts} x {smop.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
-          f"{trainable:,} trainable params")
-    run.monitor.log({"event": "setup", "step": run.step, "method": cfg.prompt.method.value,
-                     "trainable_params": trainable, "prompt_positions": smop.prompt_length})
-    truncated = run.train_data.truncated + run.eval_data.truncated
-    test = f", {len(run.test_data.examples)} test" if run.test_data is not None else ""
-    print(f"data {cfg.data.task} ({cfg.data.splits.value} splits): {len(run.train_data.examples)} train, "
-          f"{len(run.eval_data.examples)} {run.eval_split}{test}"
-          + (f", {truncated} inputs truncated to max_source_length" if truncated else "")
-          + (f", mixing rates {[round(r, 3) for r in run.order.rates]}" if hasattr(run.order, "rates") else ""))
 
 
-def print_result(event: dict) -> None:
-    metrics = {k: v for k, v in event.items() if "/" in k or k == "average"}
-    fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
-    print(f"{event['event']} at step {event['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-          + f" ({event['split']} split)")
-    print(f"routing: fractions [{fractions}], normalised entropy {event['routing_entropy']:.3f}, "
-          f"cv {event['routing_cv']:.3f}")
-    table = event.get("routing_table")
-    if table and len(event["routing_fraction"]) > 1:  # mixtures: where each task's examples went
-        width = max(len(name) for name in [*table, "task"])
-        prompts = range(len(event["routing_fraction"]))
-        print(f"routing table (share of each task's {event['split']} examples per prompt):")
-        print(f"  {'task':<{width}}" + "".join(f"  prompt {j}" for j in prompts))
-        for name, shares in table.items():
-            print(f"  {name:<{width}}" + "".join(f"  {s:8.2f}" for s in shares))
 
 
-def _resolve(path: str) -> str:
-    """Shipped paths (ds_configs/..., configs/...) work from any working directory."""
-    return path if Path(path).exists() or Path(path).is_absolute() else str(REPO_ROOT / path)
-
-
-def git_revision() -> str | None:
-    """The checkout's commit, recorded beside a run's outputs; None outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":
