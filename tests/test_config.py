@@ -5,14 +5,15 @@ import re
 import pytest
 
 from tools.config_docs import field_docs
-from trainer.config import REPO_ROOT, OptimizerName, RouterInit, RouterInput, Routing, load_config
+from trainer.config import REPO_ROOT, OptimizerName, load_config
+from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
 from trainer.runtime.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
 
 
 def test_overrides_are_typed():
     cfg = load_config(None, ["train.lr=0.5", "prompt.routing=topk", "model.dropout=null", "train.max_steps=7",
                              "model.tiny.d_model=32"])
-    assert cfg.train.lr == 0.5 and cfg.prompt.routing == Routing.TOPK and cfg.model.dropout is None
+    assert cfg.train.lr == 0.5 and cfg.prompt.routing == RoutingVariant.TOPK and cfg.model.dropout is None
     assert cfg.train.max_steps == 7 and cfg.model.tiny.d_model == 32
 
 

@@ -135,15 +135,25 @@ def test_no_prompt_leaves_the_input_alone():
 
 
 def test_config_selects_methods_and_checks_them():
-    from trainer.config import load_config, prompt_positions
+    from trainer.config import load_config
+    from trainer.methods.registry import build_method, get_method
 
-    assert prompt_positions(load_config(None, ["prompt.method=iapt"]).prompt) == 4
-    assert prompt_positions(load_config(None, ["prompt.method=full_finetune"]).prompt) == 0
+    def positions(*overrides):
+        """What the config check reserves for the method, and what the built module prepends: the same."""
+        p = load_config(None, list(overrides)).prompt
+        return get_method(p.method).positions(p), build_method(p, tiny_t5().config).prompt_length
+
+    assert positions("prompt.method=iapt") == (4, 4)
+    assert positions("prompt.method=full_finetune") == (0, 0)
+    assert positions("prompt.method=smop", "prompt.prompt_length=7") == (7, 7)
+    assert positions("prompt.method=prompt_tuning", "prompt.num_prompts=1") == (5, 5)
     cfg = load_config(None, ["prompt.method=ptuning", "prompt.num_prompts=1", "prompt.ptuning_encoder=lstm"])
-    assert cfg.prompt.ptuning_encoder.value == "lstm" and prompt_positions(cfg.prompt) == 5
+    assert cfg.prompt.ptuning_encoder.value == "lstm"
+    assert positions("prompt.method=ptuning", "prompt.num_prompts=1", "prompt.ptuning_encoder=lstm") == (5, 5)
     with pytest.raises(ValueError, match="prompt.num_prompts=4: ptuning uses one prompt"):
         load_config(None, ["prompt.method=ptuning"])
     with pytest.raises(ValueError, match="prompt.iapt_bottleneck=0: must be at least 1"):
         load_config(None, ["prompt.method=iapt", "prompt.iapt_bottleneck=0"])
-    with pytest.raises(ValueError, match="'lora' is not one of"):
+    with pytest.raises(ValueError, match="prompt.method: unknown method 'lora'; registered: smop, prompt_tuning, "
+                                         "ptuning, iapt, full_finetune$"):
         load_config(None, ["prompt.method=lora"])

@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
-from trainer.config import (REPO_ROOT, EvalMode, Method, OptimizerName, RouterInit, RouterInput, Schedule, Splits,
-                            load_config)
+from trainer.config import REPO_ROOT, EvalMode, OptimizerName, Schedule, Splits, load_config
+from trainer.methods.router import RouterInit, RouterInput
 from trainer.data.tasks import TASKS
 
 PRESETS = sorted((REPO_ROOT / "configs" / "paper").glob("*.yaml"))
@@ -41,7 +41,7 @@ def test_paper_setting(path):
     assert 32 % t.micro_batch_size == 0
     assert (d.splits, d.dev_fraction, d.max_source_length) == (Splits.PAPER, 0.1, 512)
     assert cfg.eval.mode == EvalMode.GENERATE
-    if p.method == Method.SMOP:
+    if p.method == "smop":
         assert (p.num_prompts, p.prompt_length) == (4, 5)
         # the paper's router, not the trainer's default: raw input, orthogonal rows, one learning rate
         assert (p.router_input, p.router_init, t.router_lr) == (RouterInput.RAW, RouterInit.ORTHOGONAL, 0.0)

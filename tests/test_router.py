@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.methods.router import VARIANTS, Router
+from trainer.methods.router import Router, RoutingVariant
+
+VARIANTS = [v.value for v in RoutingVariant]
 
 
 def make(variant="smop", k=4, d=16, **kw):

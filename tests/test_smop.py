@@ -3,7 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.methods.router import VARIANTS
+from trainer.methods.router import RoutingVariant
+
+VARIANTS = [v.value for v in RoutingVariant]
 from trainer.methods.smop import SMoP, init_prompts, masked_mean
 
 

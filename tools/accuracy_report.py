@@ -48,7 +48,7 @@ def inference_flops(arm: str, data_dir: Path) -> float:
     cfg = load_config(None, ARMS[arm][0])
     p = cfg.prompt
     shape = T5Shape.from_config(T5Config.from_pretrained(model_location(cfg.model.name_or_path)))
-    return method_flops(p.method.value, shape, source, target, p.num_prompts, p.prompt_length,
+    return method_flops(p.method, shape, source, target, p.num_prompts, p.prompt_length,
                         p.iapt_bottleneck, p.iapt_prompts)
 
 

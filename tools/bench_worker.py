@@ -155,7 +155,7 @@ def trainer_overrides(spec: dict, size: Size) -> list[str]:
 
 def bare_step(run, batch: dict, tdist, marks: list | None) -> None:
     """forward -> backward -> one flat all-reduce of the trainable gradients -> optimizer step."""
-    backbone, smop, device = run.model.backbone, run.model.smop, run.dist.device
+    backbone, smop, device = run.model.backbone, run.model.method, run.dist.device
     mark(marks, "forward", device)
     tokens = backbone.get_input_embeddings()(batch["input_ids"])  # (batch, S, d)
     prompts, routing = smop(tokens, batch["attention_mask"])  # (batch, l, d) fp32

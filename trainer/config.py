@@ -15,50 +15,16 @@ from pathlib import Path
 
 import yaml
 
+from trainer.methods.ptuning import PTuningEncoder
+from trainer.methods.registry import get_method
+from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
+from trainer.methods.smop import PromptInit
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
-EMBEDDED_DATA_DIR = REPO_ROOT / "trainer" / "assets" / "data"
-SHIPPED_MODELS = {"tiny-pretrained": REPO_ROOT / "trainer" / "assets" / "tiny-pretrained"}
+EMBEDDED_DATA_DIR = PACKAGE_DIR / "assets" / "data"
+SHIPPED_MODELS = {"tiny-pretrained": PACKAGE_DIR / "assets" / "tiny-pretrained"}
 """Backbones that ship with the trainer, by name (tools/pretrain_tiny.py regenerates tiny-pretrained)."""
-
-
-class Method(str, enum.Enum):
-    SMOP = "smop"
-    PROMPT_TUNING = "prompt_tuning"
-    PTUNING = "ptuning"
-    IAPT = "iapt"
-    FULL_FINETUNE = "full_finetune"
-
-
-class PTuningEncoder(str, enum.Enum):
-    MLP = "mlp"
-    LSTM = "lstm"
-
-
-class Routing(str, enum.Enum):
-    SMOP = "smop"
-    TOP1 = "top1"
-    TOPK = "topk"
-    DENSE = "dense"
-    GUMBEL = "gumbel"
-    RANDOM = "random"
-
-
-class RouterInput(str, enum.Enum):
-    CENTERED = "centered"
-    RAW = "raw"
-
-
-class RouterInit(str, enum.Enum):
-    ORTHOGONAL = "orthogonal"
-    KMEANS = "kmeans"
-
-
-class PromptInit(str, enum.Enum):
-    NORMAL = "normal"
-    UNIFORM = "uniform"
-    VOCAB = "vocab"
-    TEXT = "text"
 
 
 class OptimizerName(str, enum.Enum):
@@ -126,14 +92,15 @@ class ModelConfig:
 class PromptConfig:
     """The trainable prompts and their router."""
 
-    method: Method = Method.SMOP
-    """smop (k prompts, router), prompt_tuning (num_prompts=1, no router), ptuning (prompts from an encoder),
-    iapt (per-layer generated prompts) or full_finetune (the backbone trains, no prompt)."""
+    method: str = "smop"
+    """A registered method (trainer/methods/builtin.py): smop (k prompts, router), prompt_tuning
+    (num_prompts=1, no router), ptuning (prompts from an encoder), iapt (per-layer generated prompts) or
+    full_finetune (the backbone trains, no prompt); or one you register (README "Adding a method")."""
     num_prompts: int = 4
     """k, the number of soft prompts."""
     prompt_length: int = 5
     """l, the tokens in one prompt."""
-    routing: Routing = Routing.SMOP
+    routing: RoutingVariant = RoutingVariant.SMOP
     """Routing variant: smop, top1, topk, dense, gumbel or random (see README)."""
     top_k: int = 2
     """Prompts mixed per example by the 'topk' variant."""
@@ -367,18 +334,19 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}={value}: must be at least 1")
-    if p.method in (Method.PROMPT_TUNING, Method.PTUNING) and p.num_prompts != 1:
-        raise ValueError(f"prompt.num_prompts={p.num_prompts}: {p.method.value} uses one prompt; set it to 1")
+    method = get_method(p.method)  # a registered name, and what that method cannot take
+    if method.check is not None:
+        method.check(p)
     for key, value in {"prompt.ptuning_hidden": p.ptuning_hidden, "prompt.iapt_bottleneck": p.iapt_bottleneck,
                        "prompt.iapt_prompts": p.iapt_prompts}.items():
         if value < 1:
             raise ValueError(f"{key}={value}: must be at least 1")
-    if p.routing == Routing.TOPK and not 1 <= p.top_k <= p.num_prompts:
+    if p.routing == RoutingVariant.TOPK and not 1 <= p.top_k <= p.num_prompts:
         raise ValueError(f"prompt.top_k={p.top_k}: must lie in 1..prompt.num_prompts ({p.num_prompts})")
     if p.init == PromptInit.TEXT and not p.init_text:
         raise ValueError("prompt.init_text: required when prompt.init=text")
-    if d.max_source_length <= prompt_positions(p) + 1:
-        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed the {prompt_positions(p)} "
+    if d.max_source_length <= method.positions(p) + 1:
+        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed the {method.positions(p)} "
                          f"prompt positions + 1 to leave room for input tokens and </s>")
     if not 0 < d.dev_fraction < 1:
         raise ValueError(f"data.dev_fraction={d.dev_fraction}: must lie in (0, 1)")
@@ -421,13 +389,6 @@ def shipped_path(path: str) -> str:
 def model_location(name: str) -> str:
     """Where from_pretrained looks for model (or tokenizer) `name`: a shipped model's folder, else `name`."""
     return str(SHIPPED_MODELS[name]) if name in SHIPPED_MODELS else name
-
-
-def prompt_positions(p: PromptConfig) -> int:
-    """Encoder positions the method adds before the input: l, IAPT's per-layer tokens, or none."""
-    if p.method == Method.FULL_FINETUNE:
-        return 0
-    return p.iapt_prompts if p.method == Method.IAPT else p.prompt_length
 
 
 def _looks_local(name: str) -> bool:

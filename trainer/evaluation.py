@@ -39,7 +39,7 @@ def evaluate(run, test: bool = False) -> dict:
     data: Encoded = run.test_data if test else run.eval_data
     run.model.train(False)
     started, mine = time.time(), []
-    counts = torch.zeros(len(run.task_names), run.model.smop.num_prompts, dtype=torch.long)
+    counts = torch.zeros(len(run.task_names), run.model.method.num_prompts, dtype=torch.long)
     for t, name in enumerate(run.task_names):
         positions = [i for i, task_id in enumerate(data.task_ids) if task_id == t]
         if not positions:  # the same on every rank: all hold the whole (unsharded) list

@@ -16,7 +16,7 @@ from trainer.evaluation import evaluate
 from trainer.runtime.guard import StepGuard
 from trainer.methods.prompted import PromptedT5
 from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
-from trainer.optim import masked_step
+from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
 
 
 @dataclass
@@ -26,8 +26,11 @@ class Run:
     cfg: RunConfig
     dist: Dist
     model: PromptedT5
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    update: ReplicatedUpdate | EngineUpdate
+    """How gradients become an update (trainer/runtime/update.py): the method's replicated parameters with
+    their own optimiser, or DeepSpeed's engine when the backbone trains."""
+    guard: StepGuard
+    """Per-step agreement on skipping non-finite updates and stopping on a signal (trainer/runtime/guard.py)."""
     train_data: Encoded
     eval_data: Encoded
     order: TrainOrder
@@ -36,12 +39,8 @@ class Run:
     tokenizer: object
     monitor: Monitor
     task_names: list[str]
-    engine: object = None
-    """Full fine-tuning only: the DeepSpeed engine that owns the backbone's gradients and optimiser."""
     step: int = 0
     stats: dict = field(default_factory=dict)
-    guard: StepGuard = field(default_factory=lambda: StepGuard(max_nonfinite=5))
-    """Per-step agreement on skipping non-finite updates and stopping on a signal (see trainer/runtime/guard.py)."""
     eval_split: str = "val"
     """Name of the split in eval_data ("val", or "dev" with data.splits=paper), for the eval events."""
     test_data: Encoded | None = None
@@ -53,8 +52,16 @@ class Run:
     """Set on every rank at the same step when collapse is declared and monitor.stop_on_collapse is on."""
 
     @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.update.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        return self.update.scheduler
+
+    @property
     def params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.smop.parameters() if p.requires_grad]
+        return [p for p in self.model.method.parameters() if p.requires_grad]
 
 
 def train(run: Run) -> dict:
@@ -80,7 +87,7 @@ def train(run: Run) -> dict:
 
 def train_step(run: Run) -> None:
     """One optimiser step over the global batch: accumulate micro batches, all-reduce, update."""
-    d, k = run.dist, run.model.smop.num_prompts
+    d, k = run.dist, run.model.method.num_prompts
     rows = run.order.global_indices(run.step)
     noise = distributed.to_device(run.order.noise(run.step, k), d.device)
     micro = run.order.micro_batches(run.step, d.rank, d.world_size, run.micro_batch)
@@ -96,30 +103,16 @@ def train_step(run: Run) -> None:
         batch = {key: distributed.to_device(value, d.device) for key, value in batch.items()}
         loss_sum, n_tokens, routing = run.model.loss_sum(batch, noise[positions])
         aux = routing.aux_loss / (len(micro) * d.world_size)
-        if run.engine is not None:  # full fine-tuning: the engine reduces, clips and steps at the boundary
-            distributed.engine_backward_step(run.engine, loss_sum / tokens + aux, len(micro) * d.world_size)
-        else:
-            (loss_sum / tokens + aux).backward()
+        run.update.backward(loss_sum / tokens + aux, len(micro) * d.world_size)
         step_loss += loss_sum.detach()
         step_tokens += n_tokens
         # What the training forward used (noisy) and what evaluation would pick (clean), side by side: the
         # noise flips many choices, so only the clean counts show whether the router itself has collapsed.
         for key, index in (("counts", routing.index), ("clean_counts", routing.clean_index)):
             run.stats[key].index_put_((batch["task_ids"], index), torch.ones_like(index), accumulate=True)
-    if run.engine is not None:  # the engine has stepped; non-finite steps are its own loss scaler's business
-        # No stop agreement either: full fine-tuning cannot resume (checkpoints hold no backbone).
-        run.stats["loss_sum"] += step_loss
-        run.stats["tokens"] += step_tokens
-        return
-    distributed.all_reduce_grads(run.params)
-    ok = run.guard.gate(run.step + 1, step_loss, [p.grad for p in run.params if p.grad is not None])
+    ok = run.update.step(run.step + 1, step_loss)
     run.stats["loss_sum"] += torch.where(ok, step_loss, 0)  # a skipped step stays out of the logged mean loss
     run.stats["tokens"] += torch.where(ok, step_tokens, 0)
-    if run.cfg.train.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm)
-    masked_step(run.optimizer, run.params, ok)
-    run.scheduler.step()  # the learning rate stays a function of the step, skipped or not
-    run.optimizer.zero_grad(set_to_none=True)
 
 
 def poll_guard(run: Run) -> None:
@@ -154,7 +147,7 @@ def maybe_save(run: Run) -> bool:
 
 
 def reset_stats(run: Run) -> None:
-    device, k = run.dist.device, run.model.smop.num_prompts
+    device, k = run.dist.device, run.model.method.num_prompts
     run.stats = {"loss_sum": torch.zeros((), device=device), "tokens": torch.zeros((), device=device), "lr": 0.0,
                  "counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device),
                  "clean_counts": torch.zeros(len(run.task_names), k, dtype=torch.long, device=device)}
@@ -205,7 +198,7 @@ def maybe_check_replicas(run: Run) -> None:
     every = run.cfg.train.check_replicas_every
     if not every or run.step % every:
         return
-    params = list(run.model.smop.parameters())
+    params = list(run.model.method.parameters())
     identical = distributed.replicas_identical(params)
     run.monitor.log({"event": "replica_check", "step": run.step, "identical": identical,
                      "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),

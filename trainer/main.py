@@ -1,53 +1,42 @@
 """Entry point: `deepspeed --num_gpus N trainer/main.py [--config PRESET.yaml] [key=value ...]`.
 
-Also runs under torchrun, mpirun, srun, or as a plain `python trainer/main.py` (one rank). With no
-arguments it trains SMoP on the embedded tiny default: a random T5 and small SuperGLUE-format data.
+Also runs as `deepspeed --module trainer`, `torchrun -m trainer`, under mpirun or srun, or as a plain
+`python -m trainer` / `smop-train` (one rank). With no arguments it trains SMoP on the embedded default:
+the small T5 and the synthetic tasks shipped in trainer/assets.
+
+This module only composes: read and check the inputs, join the process group, build the run, train, save.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import torch
 from safetensors.torch import save_file
 
-from trainer.runtime import distributed
-from trainer.runtime import resume
-from trainer.inference.adapter import adapter_meta, save_adapter
-from trainer.runtime.backbone import build_backbone
-from trainer.runtime.compile import compile_blocks
-from trainer.config import (Method, PromptInit, RouterInit, RouterInput, RunConfig,
-                            load_config, prompt_positions, shipped_path)
+from trainer.config import RunConfig, load_config, shipped_path
 from trainer.data.batch import encode, task_names
-from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
-from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
-from trainer.evaluation import evaluate
-from trainer.loop import Run, train
-from trainer.methods.iapt import IAPT
 from trainer.data.mixture import build_order
-from trainer.methods.prompted import NoPrompt, PromptedT5
+from trainer.data.splits import RunSplits, load_splits
+from trainer.data.tokenizer import build_tokenizer
+from trainer.evaluation import evaluate
+from trainer.inference.adapter import adapter_meta, save_adapter
+from trainer.loop import Run, train
+from trainer.methods.prompted import PromptedT5
+from trainer.methods.registry import InitContext, build_method, get_method
 from trainer.monitor.monitor import CollapseDetector, Monitor
 from trainer.monitor.provenance import write_run_files
 from trainer.monitor.report import describe, print_result
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.runtime import distributed, resume
+from trainer.runtime.backbone import build_backbone
+from trainer.runtime.compile import compile_blocks
+from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
+from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss, StepGuard
 from trainer.runtime.placement_plan import startup_notice
-from trainer.methods.ptuning import PromptEncoder
-from trainer.methods.router_init import fit_router, router_inputs
-from trainer.methods.smop import SMoP, init_prompts
-from trainer.data.splits import RunSplits, load_splits
-from trainer.data.tokenizer import load_tokenizer, train_tokenizer
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML run preset (configs/*.yaml); default: the embedded tiny run")
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
-    return parser.parse_args(argv)
+from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
 
 
 @dataclass
@@ -77,26 +66,96 @@ def main(argv: list[str] | None = None) -> int:
         describe(run)
         if notice := startup_notice(run, inputs.ds_config):  # a faster placement of the backbone fits
             print(notice)
-    log_backbone_norm(run)
+    run.update.log_backbone_norm(run.monitor, run.step)
     code, result = train_guarded(run)
     if code is not None:
         return code
-    log_backbone_norm(run)
-    if run.engine is not None:
-        distributed.save_backbone(run.engine, run.cfg.output_dir)
+    run.update.log_backbone_norm(run.monitor, run.step)
+    if run.update.trains_backbone:
+        distributed.save_backbone(run.update.engine, run.cfg.output_dir)
     if run.test_data is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
         result = evaluate(run, test=True)
     if dist.is_main:
-        save_file({name: t.detach().cpu().contiguous() for name, t in run.model.smop.state_dict().items()},
-                  str(Path(run.cfg.output_dir) / "smop_final.safetensors"))
-        if run.cfg.prompt.method in (Method.SMOP, Method.PROMPT_TUNING):  # what adapters describe; the
-            save_adapter(Path(run.cfg.output_dir) / "adapter", run.model.smop,  # others keep smop_final
-                         adapter_meta(run.cfg, run.model.config), run.tokenizer)
+        save_method(run)
         print_result(result)
     run.monitor.close(plots=run.cfg.monitor.plots)
     distributed.barrier()
     distributed.destroy()
     return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML run preset (configs/*.yaml); default: the embedded tiny run")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    return parser.parse_args(argv)
+
+
+def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
+    cfg = load_config(preset, overrides)
+    ds_config = load_ds_config(shipped_path(cfg.ds_config))
+    splits = load_splits(cfg.data)
+    tokenizer = build_tokenizer(cfg.model, cfg.data, splits.train.examples)
+    resume.check_output_dir(cfg)  # last: bad data or config fails before anything is created in output_dir
+    return Inputs(cfg, ds_config, splits, tokenizer)
+
+
+def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
+    """Batch sizes, ds_config, the backbone and the method (sharded, initialised), the update path, the data."""
+    cfg, tokenizer, t, p = inputs.cfg, inputs.tokenizer, inputs.cfg.train, inputs.cfg.prompt
+    micro, accum, global_batch = resolve_batch(t, dist.world_size)
+    ds_config = inputs.ds_config = merge_batch(inputs.ds_config, micro, accum, global_batch, cfg.ds_config)
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config))
+    if t.activation_checkpointing:
+        # Non-reentrant: the backbone is frozen, and only the activations (the prompts' path) need gradients.
+        backbone.activation_checkpointing_enable({"use_reentrant": False})
+    if t.compile:
+        compile_blocks(backbone, distributed.is_zero3(ds_config))
+    spec, method = get_method(p.method), build_method(p, backbone.config)
+    if spec.attach is not None:
+        spec.attach(method, backbone)  # before DeepSpeed installs its own hooks
+    train_data, eval_data, test_data = (
+        encode(s.examples, s.task_ids, tokenizer, cfg.data.max_source_length, method.prompt_length,
+               cfg.data.max_target_length) if s is not None else None
+        for s in (inputs.splits.train, inputs.splits.eval, inputs.splits.test))
+    guard = StepGuard(t.max_nonfinite, cfg.checkpoint.stop_at)
+    if spec.trains_backbone:
+        # The engine is the backbone here: its forward registers the hooks that make engine.backward
+        # accumulate gradients correctly over micro batches.
+        backbone = distributed.shard_trainable_backbone(backbone, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
+                                                        lambda optimizer: build_scheduler(optimizer, t))
+        update = EngineUpdate(backbone)
+    else:
+        backbone = distributed.shard_backbone(backbone, ds_config)
+        method.to(dist.device)
+        distributed.broadcast_params(list(method.parameters()))
+        if spec.initialise is not None:  # from the data, the same on every rank; resume then loads the same values
+            spec.initialise(method, p, InitContext(backbone.get_input_embeddings(), tokenizer, train_data,
+                                                   dist.device, cfg.seed))
+        router = getattr(method, "router", None)
+        params = [q for q in method.parameters() if q.requires_grad]
+        optimizer = build_optimizer(params, t, list(router.parameters()) if router is not None else [])
+        update = ReplicatedUpdate(params, optimizer, build_scheduler(optimizer, t), guard, t.max_grad_norm)
+    router, m = getattr(method, "router", None), cfg.monitor
+    watched = router is not None and router.proj is not None and m.collapse_entropy > 0
+    names = task_names(cfg.data)
+    return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, method), update=update, guard=guard,
+               train_data=train_data, eval_data=eval_data, test_data=test_data, eval_split=inputs.splits.eval.name,
+               order=build_order(cfg.data, train_data, len(names), global_batch, cfg.seed),
+               micro_batch=micro, accum_steps=accum, tokenizer=tokenizer, task_names=names,
+               monitor=Monitor(cfg.output_dir, dist.is_main),
+               collapse=CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None)
+
+
+def save_method(run: Run) -> None:
+    """The method's final state beside the run (smop_final.safetensors), and adapter/ where it exports one."""
+    out, method = Path(run.cfg.output_dir), run.model.method
+    save_file({name: t.detach().cpu().contiguous() for name, t in method.state_dict().items()},
+              str(out / "smop_final.safetensors"))
+    if get_method(run.cfg.prompt.method).exports_adapter:
+        save_adapter(out / "adapter", method, adapter_meta(run.cfg, run.model.config), run.tokenizer)
 
 
 def train_guarded(run: Run) -> tuple[int | None, dict]:
@@ -129,138 +188,10 @@ def _close(run: Run, code: int) -> int:
     return code
 
 
-def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
-    cfg = load_config(preset, overrides)
-    ds_config = load_ds_config(shipped_path(cfg.ds_config))
-    splits = load_splits(cfg.data)
-    tokenizer = build_tokenizer(cfg, splits.train.examples)
-    check_output_dir(cfg)  # last: bad data or config fails before anything is created in output_dir
-    return Inputs(cfg, ds_config, splits, tokenizer)
-
-
-def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
-    """Batch sizes, ds_config, tokenised data, the sharded backbone, SMoP and its optimiser."""
-    cfg, tokenizer = inputs.cfg, inputs.tokenizer
-    micro, accum, global_batch = resolve_batch(cfg.train, dist.world_size)
-    ds_config = merge_batch(inputs.ds_config, micro, accum, global_batch, cfg.ds_config)
-    inputs.ds_config = ds_config
-    torch.manual_seed(cfg.seed)
-    p, d, splits = cfg.prompt, cfg.data, inputs.splits
-    train_data, eval_data, test_data = (
-        encode(s.examples, s.task_ids, tokenizer, d.max_source_length, prompt_positions(p), d.max_target_length)
-        if s is not None else None for s in (splits.train, splits.eval, splits.test))
-    backbone, smop, optimizer, scheduler, engine = build_method(cfg, ds_config, tokenizer, dist.device, train_data)
-    router = getattr(smop, "router", None)
-    m = cfg.monitor
-    watched = router is not None and router.proj is not None and m.collapse_entropy > 0
-    return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, smop), optimizer=optimizer,
-               scheduler=scheduler, train_data=train_data, eval_data=eval_data,
-               order=build_order(d, train_data, len(task_names(d)), global_batch, cfg.seed),
-               micro_batch=micro, accum_steps=accum, tokenizer=tokenizer,
-               monitor=Monitor(cfg.output_dir, dist.is_main), task_names=task_names(d),
-               eval_split=splits.eval.name, test_data=test_data, engine=engine,
-               collapse=CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None)
-
-
-def build_method(cfg: RunConfig, ds_config: dict, tokenizer, device, train_data):
-    """The backbone and prompt.method's trainable part (a router fitted to `train_data` where it has one),
-    with its optimiser and schedule (and the engine when the backbone itself trains).
-    Returns (backbone, prompt slot, optimizer, scheduler, engine | None)."""
-    p, t = cfg.prompt, cfg.train
-    model = build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config))
-    if t.activation_checkpointing:
-        # Non-reentrant: the backbone is frozen, and only the activations (the prompts' path) need gradients.
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    if t.compile:
-        compile_blocks(model, distributed.is_zero3(ds_config))
-    if p.method == Method.FULL_FINETUNE:
-        engine = distributed.shard_trainable_backbone(model, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
-                                                      lambda optimizer: build_scheduler(optimizer, t))
-        # The engine itself is the backbone here: its forward registers the backward hooks that make
-        # engine.backward accumulate gradients correctly over micro batches.
-        return engine, NoPrompt(model.config.d_model), engine.optimizer, engine.lr_scheduler, engine
-    if p.method == Method.IAPT:
-        smop = IAPT(model.config.d_model, model.config.num_layers, p.iapt_bottleneck, p.iapt_prompts)
-        smop.attach(model.encoder.block)  # before DeepSpeed installs its own hooks on the blocks
-        backbone = distributed.shard_backbone(model, ds_config)
-    else:
-        backbone = distributed.shard_backbone(model, ds_config)
-        smop = build_smop(cfg, backbone, tokenizer)
-    smop.to(device)
-    distributed.broadcast_params(list(smop.parameters()))
-    router = getattr(smop, "router", None)
-    kmeans = p.router_init == RouterInit.KMEANS
-    if router is not None and router.proj is not None and (router.center is not None or kmeans):
-        # Before step 0, from the data, the same on every rank; resume then loads the saved (identical) values.
-        x = router_inputs(backbone.get_input_embeddings(), train_data, tokenizer.pad_token_id, device,
-                          p.router_center_examples)
-        fit_router(router, x, kmeans, cfg.seed)
-    optimizer = build_optimizer([q for q in smop.parameters() if q.requires_grad], t,
-                                list(router.parameters()) if router is not None else [])
-    return backbone, smop, optimizer, build_scheduler(optimizer, t), None
-
-
-def build_tokenizer(cfg: RunConfig, train_examples):
-    name = cfg.model.tokenizer or ("" if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path)
-    if name:
-        return load_tokenizer(name, cfg.model.trust_remote_code)
-    from trainer.data.tasks import get_task
-
-    texts = [ex.input for ex in train_examples] + [ex.target for ex in train_examples]
-    words = tuple(w for name in task_names(cfg.data) for w in (get_task(name).label_words or ()))
-    return train_tokenizer(texts, whole_words=tuple(dict.fromkeys(words)))
-
-
-def build_smop(cfg: RunConfig, backbone, tokenizer) -> SMoP:
-    """The prompt bank and router, initialised identically on every rank (same seed, same ids)."""
-    p = cfg.prompt
-    d_model = backbone.config.d_model
-    encoder = PromptEncoder(d_model, p.ptuning_hidden, p.ptuning_encoder.value) if p.method == Method.PTUNING else None
-    smop = SMoP(d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k,
-                p.noise_scale, p.gumbel_temperature, p.balance_coef, encoder,
-                centered=p.router_input == RouterInput.CENTERED)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    ids = None
-    if p.init == PromptInit.VOCAB:
-        top = min(p.init_vocab_top, len(tokenizer))
-        ids = torch.randint(3, top, (p.num_prompts, p.prompt_length), generator=gen)  # skip pad, </s>, unk
-    elif p.init == PromptInit.TEXT:
-        text_ids = tokenizer(p.init_text, add_special_tokens=False).input_ids
-        repeated = (text_ids * (p.prompt_length // max(1, len(text_ids)) + 1))[: p.prompt_length]
-        ids = torch.tensor(repeated).expand(p.num_prompts, -1)
-    init_prompts(smop, p.init.value, backbone.get_input_embeddings(), ids, gen)
-    with torch.no_grad():
-        smop.prompts.mul_(p.init_scale)
-    return smop
-
-
-def log_backbone_norm(run: Run) -> None:
-    """Full fine-tuning: the backbone's weight norm before and after training shows that it trained."""
-    if run.engine is not None:
-        run.monitor.log({"event": "backbone", "step": run.step,
-                         "norm": distributed.norm(run.model.backbone.parameters())})
-
-
-def check_output_dir(cfg: RunConfig) -> None:
-    """Refuse to mix two different runs in one output_dir (checked on every rank: same filesystem)."""
-    out = Path(cfg.output_dir)
-    resume.check_previous_run(cfg)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"output_dir '{out}' is not writable ({e.strerror})") from None
-
-
-
-
-
-
-
-
+def cli() -> None:
+    """`smop-train`, `python -m trainer` and `python trainer/main.py`."""
+    distributed.exit_without_teardown(main())  # everything is written and the process group destroyed
 
 
 if __name__ == "__main__":
-    distributed.exit_without_teardown(main())  # everything is written and the process group destroyed
+    cli()

@@ -164,13 +164,13 @@ def main() -> None:
             with torch.no_grad():
                 for name, t in backbone.state_dict().items():
                     t.copy_(weights[name].to(t.dtype))
-                for name, t in run.model.smop.state_dict().items():
+                for name, t in run.model.method.state_dict().items():
                     t.copy_(weights["smop." + name].to(t.dtype))
         if args.save_backbone and dist.is_main:
             # clone: tied weights (shared, embed_tokens, lm_head) share storage, which safetensors refuses
             # The trainable part too: its init depends on how much of the global RNG the backbone's
             # construction drew, which differs between ZeRO-3 (zero.Init) and a replicated build.
-            state = {**backbone.state_dict(), **{"smop." + k: v for k, v in run.model.smop.state_dict().items()}}
+            state = {**backbone.state_dict(), **{"smop." + k: v for k, v in run.model.method.state_dict().items()}}
             save_file({k: v.detach().float().cpu().clone() for k, v in state.items()}, args.save_backbone)
     loop.reset_stats(run)
 

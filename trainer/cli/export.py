@@ -21,8 +21,7 @@ from safetensors.torch import load_file
 
 from trainer.cli.run_files import backbone_config, read_run, run_tokenizer
 from trainer.inference.adapter import adapter_meta, save_adapter
-from trainer.config import RouterInput
-from trainer.methods.smop import SMoP
+from trainer.methods.registry import build_method, get_method
 
 
 def find_weights(run_dir: Path, checkpoint: str | None) -> Path:
@@ -59,9 +58,10 @@ def export(run_dir, out=None, checkpoint: str | None = None) -> Path:
     cfg = read_run(run_dir)
     tokenizer = run_tokenizer(run_dir, cfg)
     config = backbone_config(cfg, len(tokenizer))
-    p = cfg.prompt
-    smop = SMoP(config.d_model, p.num_prompts, p.prompt_length, p.routing.value, p.top_k, p.noise_scale,
-                p.gumbel_temperature, p.balance_coef, centered=p.router_input == RouterInput.CENTERED)
+    if not get_method(cfg.prompt.method).exports_adapter:
+        raise ValueError(f"run_dir '{run_dir}': prompt.method={cfg.prompt.method} exports no adapter "
+                         "(its trained state is smop_final.safetensors)")
+    smop = build_method(cfg.prompt, config)
     path = find_weights(run_dir, checkpoint)
     try:
         tensors = load_file(str(path))

@@ -16,6 +16,8 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
 from trainer.config import model_location
+from trainer.data.batch import task_names
+from trainer.data.tasks import get_task
 
 CACHE_DIR = Path(os.environ.get("SMOP_CACHE", Path.home() / ".cache" / "smop-trainer"))
 
@@ -70,3 +72,14 @@ def _write_atomically(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def build_tokenizer(model, data, train_examples):
+    """The run's tokenizer: model.tokenizer, else the backbone's own, else (the random 'tiny' backbone) a
+    sentencepiece model trained on the training text, with each task's label words kept whole."""
+    name = model.tokenizer or ("" if model.name_or_path == "tiny" else model.name_or_path)
+    if name:
+        return load_tokenizer(name, model.trust_remote_code)
+    texts = [ex.input for ex in train_examples] + [ex.target for ex in train_examples]
+    words = tuple(w for task in task_names(data) for w in (get_task(task).label_words or ()))
+    return train_tokenizer(texts, whole_words=tuple(dict.fromkeys(words)))

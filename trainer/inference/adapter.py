@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trainer.config import PromptConfig
+from trainer.methods.registry import build_method, registered
 from trainer.methods.smop import SMoP
 
 FORMAT_VERSION = 1
@@ -46,7 +49,7 @@ def config_hash(backbone_config) -> str:
 
 def adapter_meta(cfg, backbone_config) -> dict:
     """The adapter_config.json fields that come from a run config (`RunConfig`) and its backbone."""
-    return {"method": cfg.prompt.method.value, "task": cfg.data.task,
+    return {"method": cfg.prompt.method, "task": cfg.data.task,
             "backbone": {"name_or_path": cfg.model.name_or_path, "config_hash": config_hash(backbone_config),
                          "model_type": getattr(backbone_config, "model_type", None), "seed": cfg.seed},
             "tokenizer": cfg.model.tokenizer or ("" if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path)}
@@ -108,10 +111,7 @@ def load_adapter(directory, backbone_config=None) -> SMoP:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise ValueError(f"adapter '{directory}': cannot read {WEIGHTS} ({e})".splitlines()[0]) from None
-    routing = config["routing"] if config["routing"] != "none" else "smop"
-    smop = SMoP(config["d_model"], config["num_prompts"], config["prompt_length"], routing, config["top_k"],
-                config["noise_scale"], config["gumbel_temperature"], config["balance_coef"],
-                centered=config.get("router_input", "raw") == "centered")  # adapters before centring: raw
+    smop = build_method(adapter_prompt(directory, config), types.SimpleNamespace(d_model=config["d_model"]))
     expected = {name: tuple(t.shape) for name, t in smop.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:
@@ -123,6 +123,20 @@ def load_adapter(directory, backbone_config=None) -> SMoP:
                              "the adapter is corrupt or its training diverged")
     smop.load_state_dict({name: t.float() for name, t in tensors.items()})
     return smop.eval()
+
+
+def adapter_prompt(directory, config: dict) -> PromptConfig:
+    """The prompt config an adapter was trained with, as far as it shapes the module: build_method's input."""
+    method = config.get("method", "smop")
+    exporting = [name for name, spec in registered().items() if spec.exports_adapter]
+    if method not in exporting:
+        raise ValueError(f"adapter '{directory}': method '{method}' is not one that exports adapters "
+                         f"({', '.join(exporting)})")
+    return PromptConfig(method=method, num_prompts=config["num_prompts"], prompt_length=config["prompt_length"],
+                        routing=config["routing"] if config["routing"] != "none" else "smop",
+                        top_k=config["top_k"], noise_scale=config["noise_scale"],
+                        gumbel_temperature=config["gumbel_temperature"], balance_coef=config["balance_coef"],
+                        router_input=config.get("router_input", "raw"))  # adapters before centring: raw
 
 
 def check_backbone(directory, config: dict, backbone_config) -> None:

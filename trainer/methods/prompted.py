@@ -6,13 +6,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.methods.router import Routing, single_prompt
-from trainer.methods.smop import SMoP
+from trainer.methods.registry import PromptMethod
 
 
 class NoPrompt(nn.Module):
     """The prompt slot of full fine-tuning: nothing is prepended, the backbone itself trains."""
 
-    num_prompts, prompt_length = 1, 0
+    num_prompts, prompt_length, router = 1, 0, None
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -23,31 +23,32 @@ class NoPrompt(nn.Module):
 
 
 class PromptedT5:
-    """Runs `backbone` (a T5, possibly ZeRO-3 partitioned) on `[P_hat ; X]`, P_hat chosen by `smop`.
+    """Runs `backbone` (a T5, possibly ZeRO-3 partitioned) on `[P_hat ; X]`, P_hat chosen by `method`.
 
-    `smop` is the method's prompt slot: an `SMoP` (SMoP, prompt tuning, P-tuning), an `IAPT` (placeholders
-    its hooks overwrite) or a `NoPrompt` (full fine-tuning).
+    `method` fills the prompt slot (a `PromptMethod`, trainer/methods/registry.py): an `SMoP` (SMoP, prompt
+    tuning, P-tuning), an `IAPT` (placeholders its hooks overwrite), a `NoPrompt` (full fine-tuning) or a
+    registered method of your own.
 
     The input embeddings come from calling the backbone's embedding module (under ZeRO-3 its hooks gather
     the partitioned matrix); they feed the router and, after the prompt, the encoder. The decoder is
     untouched.
     """
 
-    def __init__(self, backbone: nn.Module, smop: SMoP):
-        self.backbone, self.smop = backbone, smop
+    def __init__(self, backbone: nn.Module, method: PromptMethod):
+        self.backbone, self.method = backbone, method
         # The model's own config: when the backbone trains it is the DeepSpeed engine, whose `.config` is
         # the DeepSpeed dict.
         self.config = getattr(backbone, "module", backbone).config
 
     def train(self, mode: bool = True) -> None:
         self.backbone.train(mode)
-        self.smop.train(mode)
+        self.method.train(mode)
 
     def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, Routing]:
         """input_ids/attention_mask (batch, seq) -> embeds (batch, l + seq, d), mask (batch, l + seq)."""
         tokens = self.backbone.get_input_embeddings()(input_ids)  # (batch, seq, d), backbone dtype
-        prompts, routing = self.smop(tokens, attention_mask, noise)  # (batch, l, d) fp32
+        prompts, routing = self.method(tokens, attention_mask, noise)  # (batch, l, d) fp32
         embeds = torch.cat([prompts.to(tokens.dtype), tokens], dim=1)
         ones = attention_mask.new_ones(attention_mask.shape[0], prompts.shape[1])
         return embeds, torch.cat([ones, attention_mask], dim=1), routing

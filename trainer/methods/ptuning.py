@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ENCODERS = ("mlp", "lstm")
+from trainer.methods.choice import Choice
+
+
+
+class PTuningEncoder(Choice):
+    """P-tuning encoder: the network that maps learned inputs to the prompts."""
+
+    MLP = "mlp"
+    LSTM = "lstm"
 
 
 class PromptEncoder(nn.Module):
@@ -29,13 +37,12 @@ class PromptEncoder(nn.Module):
 
     def __init__(self, d_model: int, hidden: int = 128, kind: str = "mlp"):
         super().__init__()
-        if kind not in ENCODERS:
-            raise ValueError(f"unknown P-tuning encoder '{kind}'; known: {', '.join(ENCODERS)}")
-        if kind == "lstm" and hidden % 2:
+        kind = PTuningEncoder(kind)
+        if kind == PTuningEncoder.LSTM and hidden % 2:
             raise ValueError(f"prompt.ptuning_hidden={hidden}: the bidirectional LSTM needs an even width")
         self.kind = kind
         self.lstm = None
-        if kind == "lstm":
+        if kind == PTuningEncoder.LSTM:
             self.lstm = nn.LSTM(d_model, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
             self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_model))
         else:

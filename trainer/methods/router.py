@@ -14,7 +14,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("smop", "top1", "topk", "dense", "gumbel", "random")
+from trainer.methods.choice import Choice
+
+
+class RoutingVariant(Choice):
+    """routing variant: method.md's routing table (the paper's SMoP, top-1 with noise, and its ablations)."""
+    SMOP = "smop"
+    TOP1 = "top1"
+    TOPK = "topk"
+    DENSE = "dense"
+    GUMBEL = "gumbel"
+    RANDOM = "random"
+
+
+class RouterInput(Choice):
+    """router input: the mean input embedding minus its training-set mean, or as it is."""
+    CENTERED = "centered"
+    RAW = "raw"
+
+
+class RouterInit(Choice):
+    """router init: the rows at step 0, the paper's orthogonal draw or k-means centroids of the inputs."""
+    ORTHOGONAL = "orthogonal"
+    KMEANS = "kmeans"
+
 
 
 @dataclass
@@ -48,7 +71,7 @@ class Router(nn.Module):
     Args:
         d_model: width of the input embeddings.
         num_prompts: k.
-        variant: one of VARIANTS (method.md's routing table).
+        variant: a `RoutingVariant` (or its value).
         top_k: prompts mixed per example by 'topk'.
         noise_scale: sigma of 'smop''s multiplicative logit noise, training only.
         gumbel_temperature: temperature of 'gumbel'.
@@ -68,13 +91,11 @@ class Router(nn.Module):
                  noise_scale: float = 1.0, gumbel_temperature: float = 1.0, balance_coef: float = 0.0,
                  centered: bool = False):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown routing variant '{variant}'; known: {', '.join(VARIANTS)}")
-        self.num_prompts, self.variant, self.top_k = num_prompts, variant, top_k
+        self.num_prompts, self.variant, self.top_k = num_prompts, RoutingVariant(variant), top_k
         self.noise_scale, self.temperature, self.balance_coef = noise_scale, gumbel_temperature, balance_coef
         # 'random' routes without looking at the input, so it has no parameters to train.
         self.proj = None
-        if variant != "random":
+        if self.variant != RoutingVariant.RANDOM:
             self.proj = nn.Linear(d_model, num_prompts, bias=False, dtype=torch.float32)
             nn.init.orthogonal_(self.proj.weight)
         centered = centered and self.proj is not None
@@ -91,17 +112,17 @@ class Router(nn.Module):
         pooled = pooled.float() if self.center is None else pooled.float() - self.center
         logits = pooled @ self.proj.weight.t()  # (batch, k)
         clean_index = logits.argmax(-1)
-        if self.training and self.variant == "smop" and self.noise_scale > 0:
+        if self.training and self.variant == RoutingVariant.SMOP and self.noise_scale > 0:
             # Official SMoP noise: relative to each logit, gradient through the clean logits only.
             logits = logits + self.noise_scale * noise * logits.detach()
         probs = logits.softmax(dim=-1)  # (batch, k)
 
-        if self.variant in ("smop", "top1"):
+        if self.variant in (RoutingVariant.SMOP, RoutingVariant.TOP1):
             weights = probs * F.one_hot(probs.argmax(-1), k)
-        elif self.variant == "topk":
+        elif self.variant == RoutingVariant.TOPK:
             chosen = torch.zeros_like(probs).scatter_(1, probs.topk(self.top_k, dim=-1).indices, 1.0)
             weights = probs * chosen  # not renormalised, as in the paper's ablation
-        elif self.variant == "dense":
+        elif self.variant == RoutingVariant.DENSE:
             weights = probs
         else:  # gumbel
             weights = self._gumbel(logits, noise)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainer.methods.choice import Choice
 from trainer.methods.router import Router, Routing, single_prompt
+
+
+class PromptInit(Choice):
+    """prompt init: how the bank starts (see `init_prompts`)."""
+
+    NORMAL = "normal"
+    UNIFORM = "uniform"
+    VOCAB = "vocab"
+    TEXT = "text"
 
 
 def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -60,7 +70,7 @@ class SMoP(nn.Module):
         return prompts, routing
 
 
-def init_prompts(smop: SMoP, how: str, embed: nn.Module | None = None, token_ids: torch.Tensor | None = None,
+def init_prompts(smop: SMoP, how: PromptInit | str, embed: nn.Module | None = None, token_ids: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> None:
     """Initialise the prompt bank in place.
 
@@ -69,16 +79,15 @@ def init_prompts(smop: SMoP, how: str, embed: nn.Module | None = None, token_ids
     module, rather than reading its weight, is what lets ZeRO-3 gather a partitioned embedding matrix; every
     rank must call it with the same ids.
     """
+    how = PromptInit(how)
     with torch.no_grad():
-        if how == "normal":
+        if how == PromptInit.NORMAL:
             smop.prompts.normal_(generator=generator)
-        elif how == "uniform":
+        elif how == PromptInit.UNIFORM:
             smop.prompts.uniform_(-0.5, 0.5, generator=generator)
-        elif how in ("vocab", "text"):
+        else:  # vocab, text
             values = embed(token_ids.to(_device_of(embed)))  # (k, l, d)
             smop.prompts.copy_(values.float().to(smop.prompts.device))
-        else:
-            raise ValueError(f"unknown prompt init '{how}'; known: normal, uniform, vocab, text")
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -61,6 +61,10 @@ def t5_flops(s: T5Shape, n: int, t: int) -> int:
     return encoder_flops(s, n) + decoder_flops(s, n, t)
 
 
+ANALYTIC_METHODS = ("smop", "prompt_tuning", "ptuning", "iapt", "full_finetune")
+"""The shipped methods, whose cost `method_flops` knows; a registered method of your own has no formula here."""
+
+
 def method_flops(method: str, s: T5Shape, source_len: int, target_len: int, num_prompts: int = 4,
                  prompt_length: int = 5, iapt_bottleneck: int = 32, iapt_prompts: int = 4) -> int:
     """Inference FLOPs of one example of `source_len` input tokens under `method`.
@@ -80,4 +84,4 @@ def method_flops(method: str, s: T5Shape, source_len: int, target_len: int, num_
         m, q, n = iapt_bottleneck, iapt_prompts, source_len
         generator = 2 * n * s.d_model * m + 2 * n * m * q + 2 * q * n * m + 2 * q * m * s.d_model
         return t5_flops(s, source_len + q, target_len) + s.num_layers * generator
-    raise ValueError(f"unknown method '{method}'; known: smop, prompt_tuning, ptuning, iapt, full_finetune")
+    raise ValueError(f"unknown method '{method}'; known: {', '.join(ANALYTIC_METHODS)}")

@@ -7,17 +7,17 @@ from pathlib import Path
 from trainer.runtime import distributed
 
 def describe(run) -> None:
-    smop, cfg = run.model.smop, run.cfg
-    trainable = sum(distributed.numel(p) for p in (run.model.backbone if run.engine else smop).parameters())
+    method, cfg = run.model.method, run.cfg
+    trainable = sum(distributed.numel(p) for p in (run.model.backbone if run.update.trains_backbone else method).parameters())
     frozen = sum(distributed.numel(p) for p in run.model.backbone.parameters())
     stage = json.loads((Path(cfg.output_dir) / "ds_config.json").read_text()).get("zero_optimization", {})
     print(f"world {run.dist.world_size} | batch {run.micro_batch} x accum {run.accum_steps} x world "
           f"{run.dist.world_size} = {run.order.global_batch} | ZeRO stage {stage.get('stage', 0)}")
-    print(f"backbone {cfg.model.name_or_path}: {frozen:,} params | {cfg.prompt.method.value}: "
-          f"{smop.num_prompts} x {smop.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
+    print(f"backbone {cfg.model.name_or_path}: {frozen:,} params | {cfg.prompt.method}: "
+          f"{method.num_prompts} x {method.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
           f"{trainable:,} trainable params")
-    run.monitor.log({"event": "setup", "step": run.step, "method": cfg.prompt.method.value,
-                     "trainable_params": trainable, "prompt_positions": smop.prompt_length})
+    run.monitor.log({"event": "setup", "step": run.step, "method": cfg.prompt.method,
+                     "trainable_params": trainable, "prompt_positions": method.prompt_length})
     truncated = run.train_data.truncated + run.eval_data.truncated
     test = f", {len(run.test_data.examples)} test" if run.test_data is not None else ""
     print(f"data {cfg.data.task} ({cfg.data.splits.value} splits): {len(run.train_data.examples)} train, "

@@ -68,7 +68,7 @@ def save(run, reason: str) -> Path:
         tmp = root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in run.model.smop.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in run.model.method.state_dict().items()},
                   str(tmp / "smop.safetensors"))
         torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                     "rng": rng, "device_rng": device_rng}, tmp / "state.pt")
@@ -205,7 +205,7 @@ def restore(run, resume: Resume | None) -> None:
     try:
         smop_state = load_file(str(path / "smop.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        run.model.smop.load_state_dict({k: v.to(run.dist.device) for k, v in smop_state.items()})
+        run.model.method.load_state_dict({k: v.to(run.dist.device) for k, v in smop_state.items()})
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
     except (RuntimeError, KeyError, ValueError, OSError) as e:

@@ -43,7 +43,7 @@ def gathered_for_evaluation(evaluate):
     @functools.wraps(evaluate)
     def wrapper(run, *args, **kwargs):
         # Full fine-tuning's backbone is the training engine: left to gather per module as before.
-        force = run.cfg.eval.gather_backbone if run.engine is None else False
+        force = run.cfg.eval.gather_backbone if not run.update.trains_backbone else False
         with maybe_whole_backbone(run.model.backbone, run.dist.device, local_ranks(run.dist.world_size),
                                   force) as gathered:
             event = evaluate(run, *args, **kwargs)

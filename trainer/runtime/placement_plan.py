@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainer.monitor.flops import T5Shape, method_flops
+from trainer.monitor.flops import ANALYTIC_METHODS, T5Shape, method_flops
 from trainer.runtime.placement import TOKEN_COUNT, GUARD_FLAGS, ZeroSettings, backbone_numels, gathered_per_micro_batch
 
 CLEARLY_SLOWER = 1.25  # the start-up notice appears when the chosen placement is predicted this much slower
@@ -232,7 +232,7 @@ def startup_notice(run, ds_config: dict) -> str | None:
     import os
 
     cfg, d = run.cfg, run.dist
-    if cfg.prompt.method.value == "full_finetune":
+    if run.update.trains_backbone or cfg.prompt.method not in ANALYTIC_METHODS:
         return None
     backbone = run.model.backbone
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))
@@ -248,8 +248,8 @@ def startup_notice(run, ds_config: dict) -> str | None:
     params = list(backbone.parameters())
     w = Workload(T5Shape.from_config(backbone.config), bool(backbone.config.tie_word_embeddings),
                  params[0].element_size(), sum(p.numel() for p in run.params),
-                 cfg.data.max_source_length - run.model.smop.prompt_length, cfg.data.max_target_length,
-                 run.model.smop.prompt_length, run.micro_batch, run.accum_steps, cfg.prompt.method.value,
-                 run.model.smop.num_prompts)
+                 cfg.data.max_source_length - run.model.method.prompt_length, cfg.data.max_target_length,
+                 run.model.method.prompt_length, run.micro_batch, run.accum_steps, cfg.prompt.method,
+                 run.model.method.num_prompts)
     return notice(chosen_placement(ds_config), predict(w, hw, ZeroSettings.from_ds_config(ds_config)),
                   hw.device_memory)

@@ -7,15 +7,16 @@ kept when it divides, and the trainer says what changed.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
 from trainer.runtime import checkpoint
 from trainer.runtime import distributed
-from trainer.config import Method, RunConfig, flatten, to_dict
+from trainer.config import RunConfig, flatten, to_dict
+from trainer.methods.registry import get_method
 from trainer.runtime.distributed import Dist
-from trainer.runtime.guard import StepGuard
 
 # Keys that may differ between the run in output_dir and the command continuing it (output_dir itself: a
 # run directory may be moved). The batch split (micro x accumulation x world) does not change the gradient,
@@ -34,6 +35,20 @@ def changed_keys(before: dict, after: dict) -> list[str]:
             continue
         out.append(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
     return out
+
+
+def check_output_dir(cfg: RunConfig) -> None:
+    """Refuse to mix two different runs in one output_dir, and fail now if it is not writable (checked on
+    every rank: same filesystem)."""
+    out = Path(cfg.output_dir)
+    check_previous_run(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output_dir '{out}' is not writable ({e.strerror})") from None
 
 
 def check_previous_run(cfg: RunConfig) -> None:
@@ -72,8 +87,8 @@ def plan(cfg: RunConfig, dist: Dist) -> checkpoint.Resume | None:
                 say(f"starting fresh at step 0; the earlier run's checkpoints and metrics are in {aside}")
         distributed.barrier()
         return None
-    if cfg.prompt.method == Method.FULL_FINETUNE:
-        raise ValueError(f"{resume.path}: prompt.method=full_finetune cannot resume: checkpoints hold the "
+    if get_method(cfg.prompt.method).trains_backbone:
+        raise ValueError(f"{resume.path}: prompt.method={cfg.prompt.method} cannot resume: checkpoints hold the "
                          "prompt-side state, not the trained backbone; pass checkpoint.resume=fresh")
     say(f"resuming from {resume.path} at step {resume.meta['step']}")
     if cfg.checkpoint.resume.strip() != "auto":
@@ -116,6 +131,5 @@ def fit_batch(cfg: RunConfig, meta: dict, world: int) -> list[str]:
 
 
 def restore(run, found: checkpoint.Resume | None) -> None:
-    """Give `run` its step guard and, when continuing, the checkpoint's state."""
-    run.guard = StepGuard(run.cfg.train.max_nonfinite, run.cfg.checkpoint.stop_at)
+    """When continuing, give `run` the checkpoint's state."""
     checkpoint.restore(run, found)

@@ -1,0 +1,115 @@
+"""What a method is to the trainer, and the one place that builds a method from config.
+
+A method is a registry entry (`MethodSpec`) whose `build` returns the module that fills the prompt slot of
+`PromptedT5`. SMoP, prompt tuning, P-tuning, IAPT and full fine-tuning are the shipped entries
+(trainer/methods/builtin.py); a new one is a module with the `PromptMethod` shape and one `register` call
+(README "Adding a method"). The trainer, `smop-export`, adapter loading and `smop-predict` all build through
+`build_method`, so no other code names a method.
+
+Builders receive the run config's `prompt` section and the backbone's `T5Config` (duck-typed: this package
+imports neither trainer.config nor the distributed runtime).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from trainer.methods.router import Routing
+
+
+class PromptMethod(Protocol):
+    """The module a method trains (an `nn.Module`). Its parameters are replicated and fp32 on every rank
+    unless its spec says `trains_backbone`.
+
+    Input shape: embeds (batch, seq, d) frozen input embeddings, mask (batch, seq), noise (batch, k) or None.
+    Output shape: prompts (batch, prompt_length, d) prepended to the encoder input, and the batch's `Routing`.
+    """
+
+    num_prompts: int
+    """k, the routing width the balance monitor counts (1: every example takes the one prompt)."""
+    prompt_length: int
+    """Encoder positions prepended to every input (0: nothing is prepended)."""
+    router: nn.Module | None
+    """A `Router`, if any: trained at train.router_lr, fitted to the data before step 0, watched for collapse."""
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]: ...
+
+
+@dataclass(frozen=True)
+class InitContext:
+    """What a method may read to initialise itself after the backbone is sharded, the same on every rank:
+    `embed` is the backbone's input embedding module (call it, do not read its weight: under ZeRO-3 calling
+    it gathers the partitioned matrix)."""
+
+    embed: nn.Module
+    tokenizer: object
+    train_data: object  # trainer.data.batch.Encoded
+    device: torch.device
+    seed: int
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as the trainer sees it.
+
+    build: (prompt config, backbone T5Config) -> the `PromptMethod` module, on the CPU, deterministic in the
+        torch seed (every rank builds the same one; the trainer broadcasts it anyway).
+    initialise: (module, prompt config, `InitContext`) -> None, run once before step 0 after sharding
+        (prompt bank from token embeddings, router fitted to the data). Not run when a run resumes.
+    attach: (module, unsharded backbone) -> None, run before the backbone is sharded, for methods that hook
+        into the backbone itself (IAPT's per-layer generators).
+    check: (prompt config) -> None, raises ValueError naming a prompt.* key this method cannot take.
+    positions: (prompt config) -> the module's `prompt_length`, known before anything is built so that the
+        config check can leave room for the input (default: prompt.prompt_length).
+    trains_backbone: the backbone trains under DeepSpeed's engine (full fine-tuning); otherwise it is frozen
+        and only the module's replicated parameters train, with their own optimiser and one all-reduce.
+    exports_adapter: the module is an `SMoP` whose trained state `save_adapter` writes as adapter/.
+    """
+
+    build: Callable
+    initialise: Callable | None = None
+    attach: Callable | None = None
+    check: Callable | None = None
+    positions: Callable = lambda prompt: prompt.prompt_length
+    trains_backbone: bool = False
+    exports_adapter: bool = False
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, **spec) -> Callable:
+    """Decorator registering a builder as method `name` (`prompt.method=name`); keyword args: MethodSpec's."""
+    def add(build: Callable) -> Callable:
+        if name in METHODS:
+            raise ValueError(f"method '{name}' is registered twice")
+        METHODS[name] = MethodSpec(build, **spec)
+        return build
+    return add
+
+
+def registered() -> dict[str, MethodSpec]:
+    """Every registered method by name, the shipped ones first."""
+    # The shipped entries register on first use, not at import: they import the data pipeline, which
+    # imports trainer.config, which imports this package for its enums.
+    from trainer.methods import builtin  # noqa: F401
+
+    return METHODS
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in registered():
+        raise ValueError(f"prompt.method: unknown method '{name}'; registered: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(prompt, backbone_config) -> nn.Module:
+    """The prompt slot of `prompt.method`, built from the `prompt` config section and the backbone's config."""
+    spec = get_method(prompt.method)
+    if spec.check is not None:
+        spec.check(prompt)
+    return spec.build(prompt, backbone_config)
