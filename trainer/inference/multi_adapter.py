@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainer.methods.prompted import candidate_scores
 from trainer.methods.smop import SMoP
 
 
@@ -85,15 +86,6 @@ class MultiAdapterT5:
     @torch.no_grad()
     def score_candidates(self, batch: dict, adapter_ids: torch.Tensor,
                          candidates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank classification as in PromptedT5.score_candidates: (batch, C) summed log-probs, prompt index."""
+        """Rank classification (`candidate_scores`): (batch, C) summed log-probs, and the prompt index."""
         embeds, mask, index = self.encoder_inputs(batch["input_ids"], batch["attention_mask"], adapter_ids)
-        # The encoder runs once; each candidate re-runs only the decoder.
-        encoded = self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
-        scores = []
-        for ids in candidates:
-            labels = ids.to(embeds.device).expand(embeds.shape[0], -1)  # (batch, len)
-            logits = self.backbone(encoder_outputs=encoded, attention_mask=mask,
-                                   decoder_input_ids=self.backbone._shift_right(labels)).logits
-            logp = logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (batch, len)
-            scores.append(logp.sum(-1))
-        return torch.stack(scores, dim=1), index
+        return candidate_scores(self.backbone, embeds, mask, candidates), index

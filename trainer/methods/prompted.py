@@ -68,20 +68,9 @@ class PromptedT5:
 
     @torch.no_grad()
     def score_candidates(self, batch: dict, candidates: list[torch.Tensor]) -> tuple[torch.Tensor, Routing]:
-        """Rank classification: the log-likelihood of each candidate target for every example.
-
-        candidates: C tensors of target ids (each ending in </s>), shared by the batch.
-        Returns scores (batch, C) fp32: summed log-probabilities of the candidate's tokens.
-        """
+        """Rank classification: `candidate_scores` of the prompted inputs, and the routing."""
         embeds, mask, routing = self.encoder_inputs(batch["input_ids"], batch["attention_mask"])
-        batch_size, scores = embeds.shape[0], []
-        for ids in candidates:
-            labels = ids.to(embeds.device).expand(batch_size, -1)  # (batch, len)
-            logits = self.backbone(inputs_embeds=embeds, attention_mask=mask,
-                                   decoder_input_ids=self.backbone._shift_right(labels)).logits
-            logp = logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (batch, len)
-            scores.append(logp.sum(-1))
-        return torch.stack(scores, dim=1), routing
+        return candidate_scores(self.backbone, embeds, mask, candidates), routing
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int, synced_gpus: bool) -> tuple[torch.Tensor, Routing]:
@@ -93,3 +82,23 @@ class PromptedT5:
                                      do_sample=False, num_beams=1, synced_gpus=synced_gpus,
                                      suppress_tokens=[self.config.pad_token_id])
         return out, routing
+
+
+@torch.no_grad()
+def candidate_scores(backbone: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
+                     candidates: list[torch.Tensor]) -> torch.Tensor:
+    """The log-likelihood of each candidate target for every example (rank classification).
+
+    embeds (batch, n, d) and mask (batch, n): the encoder input, prompts included. candidates: C tensors of
+    target ids (each ending in </s>), shared by the batch. Returns (batch, C) fp32 summed log-probabilities of
+    each candidate's tokens. The encoder runs once; each candidate re-runs only the decoder.
+    """
+    encoded = backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+    scores = []
+    for ids in candidates:
+        labels = ids.to(embeds.device).expand(embeds.shape[0], -1)  # (batch, len)
+        logits = backbone(encoder_outputs=encoded, attention_mask=mask,
+                          decoder_input_ids=backbone._shift_right(labels)).logits
+        logp = logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (batch, len)
+        scores.append(logp.sum(-1))
+    return torch.stack(scores, dim=1)
