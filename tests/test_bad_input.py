@@ -15,7 +15,8 @@ from trainer.config import EMBEDDED_DATA_DIR, load_config
 from trainer.data.batch import encode
 from trainer.runtime.ds_config import load_ds_config, merge_batch, resolve_batch
 from trainer.main import read_inputs
-from trainer.data.tasks import get_task, load_split
+from trainer.data.readers import load_split
+from trainer.data.tasks import get_task
 
 
 @pytest.fixture

@@ -75,7 +75,8 @@ def test_malformed_predictions_exit_2(tmp_path, raw, message):
 
 
 def test_dev_split_is_the_trainers_carved_dev_set(tmp_path):
-    from trainer.data.tasks import get_task, paper_splits
+    from trainer.data.splits import paper_splits
+    from trainer.data.tasks import get_task
 
     dev = paper_splits(get_task("rte"), FIXTURES, 0.5)["dev"]
     assert len(dev) == 2

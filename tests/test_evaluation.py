@@ -12,7 +12,9 @@ import pytest
 
 from tests.launch import REPO, events, run_trainer
 from trainer.data.metrics import idx_key
-from trainer.data.tasks import get_task, load_split, paper_splits
+from trainer.data.readers import load_split
+from trainer.data.splits import paper_splits
+from trainer.data.tasks import get_task
 
 FIXTURES = REPO / "tests" / "fixtures" / "superglue"
 COMMON = ["model.dropout=0", "train.global_batch_size=8", f"data.data_dir={FIXTURES}", "data.max_eval_examples=0"]

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from trainer.data.metrics import idx_key, normalize, score, superglue_average, token_f1
-from trainer.data.tasks import Example, get_task, load_split
+from trainer.data.readers import load_split
+from trainer.data.tasks import Example, get_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 CB = get_task("cb")

@@ -15,7 +15,8 @@ from trainer.inference.adapter import config_hash, save_adapter
 from trainer.config import EMBEDDED_DATA_DIR
 from trainer.runtime.distributed import free_port
 from trainer.methods.smop import SMoP
-from trainer.data.tasks import get_task, load_split
+from trainer.data.readers import load_split
+from trainer.data.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT = str(ROOT / "tools" / "predict.py")

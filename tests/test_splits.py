@@ -1,4 +1,4 @@
-"""Run splits (official / paper), per-task caps, and the hub path's one-line failure."""
+"""Run splits (official / paper), the paper's dev carving, per-task caps, and the hub path's one-line failure."""
 import sys
 import types
 from pathlib import Path
@@ -7,8 +7,9 @@ import pytest
 
 from tests.launch import run_trainer
 from trainer.config import DataConfig, DataSource, Splits
-from trainer.data.splits import load_splits
-from trainer.data.tasks import get_task, load_split, paper_splits
+from trainer.data.readers import load_split
+from trainer.data.splits import carve_dev, load_splits, paper_splits
+from trainer.data.tasks import get_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 
@@ -79,3 +80,32 @@ def test_entry_point_reports_an_unreachable_hub_in_one_line(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.source=hub: cannot load super_glue/rte" in errors[0], proc.stderr[-2000:]
+
+
+def test_carve_dev_takes_last_tenth_of_each_label():
+    labels = ["entailment"] * 20 + ["not_entailment"] * 10
+    records = [{"premise": "p", "hypothesis": "h", "idx": i, "label": l}
+               for i, l in enumerate(labels[::3] + labels[1::3] + labels[2::3])]
+    train, dev = carve_dev(records, get_task("rte"))
+    ent = [r["idx"] for r in records if r["label"] == "entailment"]
+    nent = [r["idx"] for r in records if r["label"] == "not_entailment"]
+    assert [r["idx"] for r in dev] == sorted(ent[-2:] + nent[-1:])
+    assert len(train) == 27 and not {r["idx"] for r in train} & {r["idx"] for r in dev}
+    # HF integer labels carve identically.
+    hub = [{**r, "label": 0 if r["label"] == "entailment" else 1} for r in records]
+    assert [r["idx"] for r in carve_dev(hub, get_task("rte"))[1]] == [r["idx"] for r in dev]
+
+
+def test_carve_dev_keeps_flat_multirc_paragraphs_whole():
+    rows = [{"paragraph": f"p{p}", "question": "q", "answer": f"a{a}", "label": a % 2,
+             "idx": {"paragraph": p, "question": p, "answer": a}} for p in range(10) for a in range(3)]
+    train, dev = carve_dev(rows, get_task("multirc"))
+    assert {r["idx"]["paragraph"] for r in dev} == {9} and len(dev) == 3 and len(train) == 27
+
+
+def test_paper_splits_use_val_as_test():
+    task = get_task("cb")
+    splits = paper_splits(task, FIXTURES, fraction=0.5)
+    assert splits["test"] == load_split(task, FIXTURES, "val")
+    assert [ex.idx for ex in splits["dev"]] == [3, 4, 5]  # last half of each of the 3 labels
+    assert [ex.idx for ex in splits["train"]] == [0, 1, 2]

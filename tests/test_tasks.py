@@ -1,4 +1,4 @@
-"""Text-to-text formats, Hugging Face/official equivalence, dev carving and error messages."""
+"""Text-to-text formats, Hugging Face/official equivalence, task names and record errors."""
 import json
 import sys
 import types
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data.tasks import (TASKS, Example, carve_dev, get_task, load_hub_split, load_split,
-                           paper_splits, read_jsonl)
+from trainer.data.readers import load_hub_split, load_split, read_jsonl
+from trainer.data.tasks import TASKS, Example, get_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 SUPERGLUE = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"]
@@ -123,92 +123,9 @@ def test_hub_test_rows_are_unlabelled():
     assert ex.label is None and ex.target == ""
 
 
-def test_test_split_without_labels(tmp_path):
-    (tmp_path / "CB").mkdir()
-    (tmp_path / "CB" / "test.jsonl").write_text('{"premise": "p", "hypothesis": "h", "idx": 0}\n')
-    (ex,) = load_split(get_task("cb"), tmp_path, "test")
-    assert (ex.label, ex.target) == (None, "")
-
-
-def test_carve_dev_takes_last_tenth_of_each_label():
-    labels = ["entailment"] * 20 + ["not_entailment"] * 10
-    records = [{"premise": "p", "hypothesis": "h", "idx": i, "label": l}
-               for i, l in enumerate(labels[::3] + labels[1::3] + labels[2::3])]
-    train, dev = carve_dev(records, get_task("rte"))
-    ent = [r["idx"] for r in records if r["label"] == "entailment"]
-    nent = [r["idx"] for r in records if r["label"] == "not_entailment"]
-    assert [r["idx"] for r in dev] == sorted(ent[-2:] + nent[-1:])
-    assert len(train) == 27 and not {r["idx"] for r in train} & {r["idx"] for r in dev}
-    # HF integer labels carve identically.
-    hub = [{**r, "label": 0 if r["label"] == "entailment" else 1} for r in records]
-    assert [r["idx"] for r in carve_dev(hub, get_task("rte"))[1]] == [r["idx"] for r in dev]
-
-
-def test_carve_dev_keeps_flat_multirc_paragraphs_whole():
-    rows = [{"paragraph": f"p{p}", "question": "q", "answer": f"a{a}", "label": a % 2,
-             "idx": {"paragraph": p, "question": p, "answer": a}} for p in range(10) for a in range(3)]
-    train, dev = carve_dev(rows, get_task("multirc"))
-    assert {r["idx"]["paragraph"] for r in dev} == {9} and len(dev) == 3 and len(train) == 27
-
-
-def test_paper_splits_use_val_as_test():
-    task = get_task("cb")
-    splits = paper_splits(task, FIXTURES, fraction=0.5)
-    assert splits["test"] == load_split(task, FIXTURES, "val")
-    assert [ex.idx for ex in splits["dev"]] == [3, 4, 5]  # last half of each of the 3 labels
-    assert [ex.idx for ex in splits["train"]] == [0, 1, 2]
-
-
-def test_generic_jsonl_task(tmp_path):
-    (tmp_path / "val.jsonl").write_text(
-        '{"input": "2+2", "target": "4"}\n{"input": "x", "target": "y", "idx": "k"}\n')
-    examples = load_split(get_task("jsonl"), tmp_path, "val")
-    assert examples == [Example("2+2", "4", 0, None), Example("x", "y", "k", None)]
-
-
 def test_unknown_task():
     with pytest.raises(ValueError, match=r"^unknown task 'xyz'; known: boolq, cb, copa, multirc, "):
         get_task("xyz")
-
-
-def rte_file(tmp_path, data: bytes) -> Path:
-    (tmp_path / "RTE").mkdir(exist_ok=True)
-    path = tmp_path / "RTE" / "train.jsonl"
-    path.write_bytes(data)
-    return path
-
-
-def load_error(tmp_path, data: bytes, name="rte") -> str:
-    rte_file(tmp_path, data)
-    with pytest.raises(ValueError) as info:
-        load_split(get_task(name), tmp_path, "train")
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
-GOOD = b'{"premise": "p", "hypothesis": "h", "idx": 0, "label": "entailment"}\n'
-
-
-def test_bad_json_line(tmp_path):
-    path = rte_file(tmp_path, b"")
-    assert load_error(tmp_path, GOOD + b'{"premise": \n').startswith(f"{path}:2: not valid JSON (")
-
-
-def test_non_utf8_line(tmp_path):
-    path = rte_file(tmp_path, b"")
-    assert load_error(tmp_path, GOOD + GOOD + b'{"premise": "caf\xe9"}\n') == f"{path}:3: not UTF-8"
-
-
-def test_empty_file(tmp_path):
-    path = rte_file(tmp_path, b"")
-    assert load_error(tmp_path, b"\n  \n") == f"{path}: no records"
-
-
-def test_missing_field(tmp_path):
-    path = rte_file(tmp_path, b"")
-    message = load_error(tmp_path, GOOD + b'{"hypothesis": "h", "idx": 1, "label": "entailment"}\n')
-    assert message == f"{path}:2: missing field 'premise' for task rte"
 
 
 def test_missing_nested_field(tmp_path):
@@ -217,15 +134,3 @@ def test_missing_nested_field(tmp_path):
     with pytest.raises(ValueError, match=r"^f\.jsonl:1: missing field "
                                          r"'passage\.questions\[0\]\.answers\[1\]\.label' for task multirc$"):
         get_task("multirc").examples(record, "f.jsonl:1")
-
-
-def test_bad_label(tmp_path):
-    path = rte_file(tmp_path, b"")
-    message = load_error(tmp_path, b'{"premise": "p", "hypothesis": "h", "idx": 0, "label": "maybe"}\n')
-    assert message.startswith(f"{path}:1: label 'maybe' not allowed for task rte; "
-                              "allowed: entailment, not_entailment")
-
-
-def test_unknown_split():
-    with pytest.raises(ValueError, match="unknown split 'dev'"):
-        load_split(get_task("rte"), FIXTURES, "dev")

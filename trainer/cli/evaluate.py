@@ -15,7 +15,9 @@ import sys
 
 
 from trainer.data.metrics import VARIANTS, idx_key, score
-from trainer.data.tasks import SPLITS, get_task, load_split, paper_splits, read_jsonl_lines
+from trainer.data.readers import SPLITS, load_split, read_jsonl_lines
+from trainer.data.splits import paper_splits
+from trainer.data.tasks import get_task
 
 
 def read_predictions(path, examples) -> dict:

@@ -34,7 +34,8 @@ from trainer.inference.adapter import check_backbone, load_adapter, read_adapter
 from trainer.data.batch import eval_shards
 from trainer.inference.griffin import griffin
 from trainer.inference.multi_adapter import MultiAdapterT5
-from trainer.data.tasks import get_task, load_split, read_jsonl_lines
+from trainer.data.readers import load_split, read_jsonl_lines
+from trainer.data.tasks import get_task
 from trainer.data.tokenizer import load_tokenizer
 
 

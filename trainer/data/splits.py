@@ -11,6 +11,9 @@ Two conventions (`data.splits`):
 
 For a mixture (`data.task=rte,cb`) every task is split the same way and the sets are concatenated, each
 example tagged with its task's position in `data.task`.
+
+The paper's carving works on raw records, before they become Examples (`carve_dev`, `paper_splits`), so
+that the records of one unit (a MultiRC paragraph, a ReCoRD passage) land on one side.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from pathlib import Path
 
 from trainer.config import EMBEDDED_DATA_DIR, DataConfig, DataSource, Splits
 from trainer.data.batch import task_names
-from trainer.data.tasks import Example, get_task, hub_records, load_hub_split, load_split, paper_splits, split_paper
+from trainer.data.readers import expand, hub_records, load_hub_split, load_split, located_records, split_path
+from trainer.data.tasks import Example, Task, get_task, label_index
 
 
 @dataclass
@@ -82,3 +86,61 @@ def _task_splits(cfg: DataConfig, name: str) -> dict[str, list[Example]]:
     for role, split, train in (("train", cfg.train_split, True), ("eval", cfg.eval_split, False)):
         out[role] = load_hub_split(task, split, train) if hub else load_split(task, data_dir, split, train)
     return out
+
+
+def paper_splits(task: Task, data_dir, fraction: float = 0.1) -> dict[str, list[Example]]:
+    """The SMoP paper's splits: {"train", "dev"} carved from train.jsonl by `carve_dev`, and "test" =
+    the official val.jsonl (SuperGLUE's test labels are hidden). dev and test are expanded for
+    evaluation (one ReCoRD Example per query), train for training.
+    """
+    return split_paper(task, located_records(task, split_path(task, data_dir, "train")),
+                       located_records(task, split_path(task, data_dir, "val")), fraction)
+
+
+def split_paper(task: Task, train_located, val_located, fraction: float = 0.1) -> dict[str, list[Example]]:
+    """`paper_splits` from ("where", record) pairs of train and val, local or from the hub."""
+    train, dev = _carve_positions(task, [r for _, r in train_located], fraction, [w for w, _ in train_located])
+    return {"train": expand(task, [train_located[p] for p in train], True, True),
+            "dev": expand(task, [train_located[p] for p in dev], False, True),
+            "test": expand(task, val_located, False, True)}
+
+
+def carve_dev(records: list[dict], task: Task, fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """Split raw train records into (train, dev) as the SMoP code does: dev is the last `fraction`
+    of each label's records, in file order, per label (count rounded down). Works on records before
+    expansion, so a MultiRC paragraph (or all flat HF rows of one) never straddles the two sides;
+    MultiRC, ReCoRD and jsonl records are one group. Both sides keep file order.
+    """
+    train, dev = _carve_positions(task, records, fraction)
+    return [records[p] for p in train], [records[p] for p in dev]
+
+
+def _carve_positions(task: Task, records: list[dict], fraction: float, where=None):
+    """(train positions, dev positions): the last `fraction` (rounded down) of each label's units."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"dev fraction must be in [0, 1), got {fraction}")
+    units: dict = {}
+    for position, record in enumerate(records):
+        units.setdefault(_unit_key(task, record, position), []).append(position)
+    by_label: dict = {}
+    for positions in units.values():
+        record = records[positions[0]]
+        # MultiRC, ReCoRD and jsonl have no one label per unit: they form a single group.
+        label = (None if task.label_words is None or task.name == "multirc" else
+                 label_index(task, record, where[positions[0]] if where else "record", True))
+        by_label.setdefault(label, []).append(positions)
+    dev = set()
+    for group in by_label.values():
+        n_dev = int(len(group) * fraction)
+        for positions in group[len(group) - n_dev:]:
+            dev.update(positions)
+    train = [p for p in range(len(records)) if p not in dev]
+    return train, sorted(dev)
+
+
+def _unit_key(task: Task, record: dict, position: int):
+    """Records that must stay together: the flat HF rows of one MultiRC paragraph / ReCoRD passage."""
+    idx = record.get("idx")
+    if isinstance(idx, dict) and task.name in ("multirc", "record"):
+        return idx.get("paragraph", idx.get("passage"))
+    return ("position", position)

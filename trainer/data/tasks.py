@@ -3,18 +3,14 @@
 A `Task` turns one raw record into `Example`s. Records may come from the official SuperGLUE jsonl
 distribution (`TASK/{train,val,test}.jsonl`: string or bool labels, nested MultiRC and ReCoRD) or from
 the Hugging Face `super_glue` dataset (integer labels, one flat row per MultiRC answer or ReCoRD query);
-both give the same Examples. Errors are one line naming `file:line` and the offending key.
+both give the same Examples. Errors are one line naming the record's `where` (`file:line`) and the
+offending key. Reading files and the hub is `readers.py`'s; carving a dev set is `splits.py`'s.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
-
-SPLITS = ("train", "val", "test")
-_HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +63,11 @@ class Task:
                              f"got {type(record).__name__}")
         return self.build(self, record, where, train, labelled)
 
+    @property
+    def generic(self) -> bool:
+        """A `jsonl` / `jsonl:NAME` task: records hold their own input and target, and may omit idx."""
+        return self.build is _build_jsonl
+
 
 def _get(record: dict, key: str, where: str, task: Task, path: str = ""):
     """record[key], or a one-line error naming the (dotted) field."""
@@ -75,7 +76,7 @@ def _get(record: dict, key: str, where: str, task: Task, path: str = ""):
     return record[key]
 
 
-def _label(task: Task, record: dict, where: str, labelled: bool, path: str = "") -> int | None:
+def label_index(task: Task, record: dict, where: str, labelled: bool, path: str = "") -> int | None:
     """Map an official (str/bool/0-1 int) or HF (int, -1 = unlabelled) label to a label index."""
     value = record.get("label") if isinstance(record, dict) else None
     if value is None or (not labelled and value == -1):
@@ -105,7 +106,7 @@ def _template(template: str) -> Callable:
     def build(task, record, where, train, labelled):
         values = {key: _get(record, key, where, task) for key in keys}
         idx = _get(record, "idx", where, task)
-        return [_example(task, template.format(**values), idx, _label(task, record, where, labelled))]
+        return [_example(task, template.format(**values), idx, label_index(task, record, where, labelled))]
 
     build.__doc__ = f"Input `{template}`."
     return build
@@ -121,7 +122,7 @@ def _build_multirc(task, record, where, train, labelled):
         text = "question: {question} answer: {answer} paragraph: {paragraph}".format(
             **{k: _get(record, k, where, task) for k in ("question", "answer", "paragraph")})
         return [_example(task, text, _get(record, "idx", where, task),
-                         _label(task, record, where, labelled))]
+                         label_index(task, record, where, labelled))]
     paragraph = _get(record, "passage", where, task)
     text = _get(paragraph, "text", where, task, "passage.")
     out = []
@@ -135,7 +136,7 @@ def _build_multirc(task, record, where, train, labelled):
             out.append(_example(
                 task, f"question: {_get(question, 'question', where, task, qpath)} "
                       f"answer: {_get(answer, 'text', where, task, apath)} paragraph: {text}",
-                idx, _label(task, answer, where, labelled, apath)))
+                idx, label_index(task, answer, where, labelled, apath)))
     return out
 
 
@@ -224,7 +225,7 @@ def _build_wsc(task, record, where, train, labelled):
         raise ValueError(f"{where}: span2_text {pronoun!r} not found in text for task {task.name}")
     text_in = f"wsc: {' '.join(marked)} referent: {_get(spans, 'span1_text', where, task, path)}"
     return [_example(task, text_in, _get(record, "idx", where, task),
-                     _label(task, record, where, labelled))]
+                     label_index(task, record, where, labelled))]
 
 
 def _build_jsonl(task, record, where, train, labelled):
@@ -268,150 +269,3 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, jsonl:NAME (data_dir/NAME/*.jsonl)")
     return TASKS[name]
-
-
-def read_jsonl_lines(path) -> list[tuple[int, dict]]:
-    """(line number, record) for each non-blank line of a jsonl file; one-line errors naming path:line."""
-    records = []
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror}); check data.data_dir and data.task") from None
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{path}:{lineno}: not UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((lineno, record))
-    if not records:
-        raise ValueError(f"{path}: no records")
-    return records
-
-
-def read_jsonl(path) -> list[dict]:
-    """The records of a jsonl file (blank lines skipped)."""
-    return [record for _, record in read_jsonl_lines(path)]
-
-
-def _split_path(task: Task, data_dir, split: str) -> Path:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    return Path(data_dir) / task.dirname / f"{split}.jsonl"
-
-
-def _located(task: Task, path: Path) -> list[tuple[str, dict]]:
-    """("file:line", record) pairs; the generic task's records get their position as default idx."""
-    out = []
-    for position, (lineno, record) in enumerate(read_jsonl_lines(path)):
-        if task.build is _build_jsonl and "idx" not in record:
-            record = {**record, "idx": position}
-        out.append((f"{path}:{lineno}", record))
-    return out
-
-
-def _expand(task: Task, located, train: bool, labelled: bool) -> list[Example]:
-    return [ex for where, record in located
-            for ex in task.examples(record, where, train=train, labelled=labelled)]
-
-
-def load_split(task: Task, data_dir, split: str, train: bool | None = None) -> list[Example]:
-    """Examples of `data_dir/<dirname>/<split>.jsonl`; `train` defaults to split == "train".
-
-    The test split is read unlabelled (label None, target "").
-    """
-    located = _located(task, _split_path(task, data_dir, split))
-    return _expand(task, located, split == "train" if train is None else train, split != "test")
-
-
-def load_hub_split(task: Task, split: str, train: bool | None = None) -> list[Example]:
-    """Examples of the Hugging Face `super_glue` dataset (needs the hub or its local cache)."""
-    return _expand(task, hub_records(task, split), split == "train" if train is None else train, split != "test")
-
-
-def hub_records(task: Task, split: str) -> list[tuple[str, dict]]:
-    """("super_glue/<config>/<split>:<row>", record) pairs of the Hugging Face dataset.
-
-    Any failure to fetch (no network, no cache, a renamed dataset) becomes one ValueError line: the
-    datasets library's own messages run to many lines of retries and tracebacks.
-    """
-    if not task.hub_config:
-        raise ValueError(f"task {task.name} has no Hugging Face super_glue config")
-    _split_path(task, ".", split)  # validates the split name
-    import datasets  # deferred: only this function needs it
-
-    try:
-        rows = datasets.load_dataset("super_glue", task.hub_config, split=_HUB_SPLITS[split])
-    except Exception as e:  # noqa: BLE001 - any fetch failure is reported the same way, then stops the run
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"data.source=hub: cannot load super_glue/{task.hub_config} split "
-                         f"{_HUB_SPLITS[split]} ({type(e).__name__}: {reason}); use data.source=local with "
-                         f"data.data_dir=<official SuperGLUE folder>, or pre-fill the datasets cache and set "
-                         f"HF_DATASETS_OFFLINE=1") from None
-    return [(f"super_glue/{task.hub_config}/{split}:{i}", dict(row)) for i, row in enumerate(rows)]
-
-
-def _unit_key(task: Task, record: dict, position: int):
-    """Records that must stay together: the flat HF rows of one MultiRC paragraph / ReCoRD passage."""
-    idx = record.get("idx")
-    if isinstance(idx, dict) and task.name in ("multirc", "record"):
-        return idx.get("paragraph", idx.get("passage"))
-    return ("position", position)
-
-
-def _carve_positions(task: Task, records: list[dict], fraction: float, where=None):
-    """(train positions, dev positions): the last `fraction` (rounded down) of each label's units."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"dev fraction must be in [0, 1), got {fraction}")
-    units: dict = {}
-    for position, record in enumerate(records):
-        units.setdefault(_unit_key(task, record, position), []).append(position)
-    by_label: dict = {}
-    for positions in units.values():
-        record = records[positions[0]]
-        # MultiRC, ReCoRD and jsonl have no one label per unit: they form a single group.
-        label = (None if task.label_words is None or task.name == "multirc" else
-                 _label(task, record, where[positions[0]] if where else "record", True))
-        by_label.setdefault(label, []).append(positions)
-    dev = set()
-    for group in by_label.values():
-        n_dev = int(len(group) * fraction)
-        for positions in group[len(group) - n_dev:]:
-            dev.update(positions)
-    train = [p for p in range(len(records)) if p not in dev]
-    return train, sorted(dev)
-
-
-def carve_dev(records: list[dict], task: Task, fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
-    """Split raw train records into (train, dev) as the SMoP code does: dev is the last `fraction`
-    of each label's records, in file order, per label (count rounded down). Works on records before
-    expansion, so a MultiRC paragraph (or all flat HF rows of one) never straddles the two sides;
-    MultiRC, ReCoRD and jsonl records are one group. Both sides keep file order.
-    """
-    train, dev = _carve_positions(task, records, fraction)
-    return [records[p] for p in train], [records[p] for p in dev]
-
-
-def paper_splits(task: Task, data_dir, fraction: float = 0.1) -> dict[str, list[Example]]:
-    """The SMoP paper's splits: {"train", "dev"} carved from train.jsonl by `carve_dev`, and "test" =
-    the official val.jsonl (SuperGLUE's test labels are hidden). dev and test are expanded for
-    evaluation (one ReCoRD Example per query), train for training.
-    """
-    return split_paper(task, _located(task, _split_path(task, data_dir, "train")),
-                       _located(task, _split_path(task, data_dir, "val")), fraction)
-
-
-def split_paper(task: Task, train_located, val_located, fraction: float = 0.1) -> dict[str, list[Example]]:
-    """`paper_splits` from ("where", record) pairs of train and val, local or from the hub."""
-    train, dev = _carve_positions(task, [r for _, r in train_located], fraction, [w for w, _ in train_located])
-    return {"train": _expand(task, [train_located[p] for p in train], True, True),
-            "dev": _expand(task, [train_located[p] for p in dev], False, True),
-            "test": _expand(task, val_located, False, True)}
