@@ -5,7 +5,9 @@ import re
 import pytest
 
 from tools.config_docs import field_docs
-from trainer.config import REPO_ROOT, OptimizerName, load_config
+from trainer.cli.run_files import load_backbone
+from trainer.config import REPO_ROOT, SHIPPED_MODELS, OptimizerName, load_config, model_location
+from trainer.data.tokenizer import load_tokenizer
 from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
 from trainer.runtime.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
 
@@ -209,3 +211,19 @@ def test_smop_presets_use_adafactor_and_the_default_router(size):
     assert (cfg.train.optimizer, cfg.train.lr) == (OptimizerName.ADAFACTOR, 0.3)
     assert (cfg.prompt.router_input, cfg.prompt.router_init, cfg.train.router_lr) == \
            (RouterInput.CENTERED, RouterInit.KMEANS, 0.003)
+
+
+def test_one_rule_for_local_path_or_hub_name(tmp_path):
+    assert model_location("tiny-pretrained") == str(SHIPPED_MODELS["tiny-pretrained"])
+    assert model_location("google/t5-xl-lm-adapt") == "google/t5-xl-lm-adapt"  # a hub name passes through
+    assert model_location(str(tmp_path)) == str(tmp_path)
+    for name in (f"{tmp_path}/nope", "./nope", "~/nope-smop", "org/name/extra"):
+        with pytest.raises(ValueError, match=rf"^--backbone: no such directory '{re.escape(name)}'$"):
+            model_location(name, "--backbone")
+    # The config, the tokenizer loader and the tools' backbone loader all apply it, each naming its own key.
+    with pytest.raises(ValueError, match=r"^model.name_or_path: no such directory 'org/name/extra'$"):
+        load_config(None, ["model.name_or_path=org/name/extra"])
+    with pytest.raises(ValueError, match=r"^model.tokenizer: no such directory 'org/name/extra'$"):
+        load_tokenizer("org/name/extra")
+    with pytest.raises(ValueError, match=r"^--backbone: no such directory 'org/name/extra'$"):
+        load_backbone("org/name/extra")

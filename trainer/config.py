@@ -357,8 +357,8 @@ def validate(cfg: RunConfig) -> None:
     if d.group_by_length < 0:
         raise ValueError(f"data.group_by_length={d.group_by_length}: must not be negative")
     for key, name in {"model.name_or_path": cfg.model.name_or_path, "model.tokenizer": cfg.model.tokenizer}.items():
-        if name and name != "tiny" and _looks_local(name) and not Path(name).expanduser().is_dir():
-            raise ValueError(f"{key}: no such directory '{name}'")
+        if name and name != "tiny":
+            model_location(name, key)
     if not 0 <= t.warmup_ratio < 1:
         raise ValueError(f"train.warmup_ratio={t.warmup_ratio}: must lie in [0, 1)")
     if not 0 <= cfg.monitor.collapse_entropy < 1:
@@ -386,15 +386,22 @@ def shipped_path(path: str) -> str:
     return path  # the reader names it in its error
 
 
-def model_location(name: str) -> str:
-    """Where from_pretrained looks for model (or tokenizer) `name`: a shipped model's folder, else `name`."""
-    return str(SHIPPED_MODELS[name]) if name in SHIPPED_MODELS else name
+def model_location(name: str, key: str = "model.name_or_path") -> str:
+    """Where from_pretrained looks for model (or tokenizer) `name`: a shipped model's folder, a local
+    directory, or a hub name ("org/name") as it is.
 
-
-def _looks_local(name: str) -> bool:
-    # A hub name is "org/name"; a path that does not exist should fail here, naming it, rather than as a
-    # hub lookup error.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+    The one rule for "local path or hub name": a name that starts with . / ~, has more than one /, or exists
+    on disk is a path, and must be a directory. Otherwise it fails here with "`key`: no such directory",
+    rather than later as a confusing hub lookup error.
+    """
+    if name in SHIPPED_MODELS:
+        return str(SHIPPED_MODELS[name])
+    path = Path(name).expanduser()
+    if not (name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists()):
+        return name
+    if not path.is_dir():
+        raise ValueError(f"{key}: no such directory '{name}'")
+    return str(path)
 
 
 def to_dict(cfg) -> dict:

@@ -64,10 +64,9 @@ def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, run_cfg
                   ds_config: dict | None = None, vocab_size: int = 0) -> nn.Module:
     """A frozen backbone on one device, no ZeRO: a checkpoint, or ('tiny') the run's random backbone."""
     if name_or_path != "tiny":
-        if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
-            raise ValueError(f"--backbone: no such directory '{name_or_path}'")
+        location = model_location(name_or_path, "--backbone")
         try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(model_location(name_or_path), dtype=dtype)
+            model = AutoModelForSeq2SeqLM.from_pretrained(location, dtype=dtype)
         except OSError as e:
             raise ValueError(f"--backbone: cannot load '{name_or_path}' ({str(e).splitlines()[0]})") from None
         return model.requires_grad_(False).eval()

@@ -24,10 +24,7 @@ CACHE_DIR = Path(os.environ.get("SMOP_CACHE", Path.home() / ".cache" / "smop-tra
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A hub name, a local directory written by save_pretrained, or a shipped model's name."""
-    name_or_path = model_location(name_or_path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local and not Path(name_or_path).expanduser().is_dir():
-        raise ValueError(f"model.tokenizer: no such directory '{name_or_path}'")
+    name_or_path = model_location(name_or_path, "model.tokenizer")
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
