@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trainer.data.batch import LengthGroupedOrder, TrainOrder, collate, encode, eval_shards
+from trainer.data.batch import LengthGroupedOrder, TrainOrder, collate, encode, eval_shards, pad
 from trainer.data.tasks import Example
 from trainer.data.tokenizer import train_tokenizer
 
@@ -22,6 +22,12 @@ def test_truncation_keeps_eos_and_counts_prompt_positions(tokenizer):
     assert data.truncated == 1
     assert data.labels[0] == tokenizer("yes", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     assert len(data.labels[0]) == 2  # label words are single pieces in the embedded tokenizer
+
+
+def test_pad_right_pads_to_the_longest_row():
+    ids, mask = pad([[5, 6, 1], [7, 1]], 0)
+    assert ids.tolist() == [[5, 6, 1], [7, 1, 0]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert pad([[4], [1, 2]], -100)[0].tolist() == [[4, -100], [1, 2]] and ids.dtype == torch.long
 
 
 def test_collate_pads_inputs_and_ignores_label_padding(tokenizer):

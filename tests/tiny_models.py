@@ -7,6 +7,8 @@ give varied outputs that end at varied steps, so padding, finished rows and sync
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from trainer.data.batch import pad
+
 
 def lively_t5(vocab_size: int = 300, gated: bool = True, seed: int = 0, d_model: int = 32,
               d_ff: int = 64) -> T5ForConditionalGeneration:
@@ -25,10 +27,5 @@ def random_inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """n random inputs of 4-11 tokens ending in </s>, right-padded: ids and mask (n, longest)."""
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(4, 12, (n,), generator=gen)
-    ids = torch.zeros(n, int(lengths.max()), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, length in enumerate(lengths.tolist()):
-        ids[i, :length] = torch.randint(3, 300, (length,), generator=gen)
-        ids[i, length - 1] = 1  # </s>
-        mask[i, :length] = 1
-    return ids, mask
+    rows = [torch.randint(3, 300, (length,), generator=gen).tolist()[:-1] + [1] for length in lengths.tolist()]
+    return pad(rows, 0)  # the last token is </s>

@@ -21,6 +21,7 @@ import time
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from trainer.data.batch import pad
 from trainer.inference.multi_adapter import MultiAdapterT5
 from trainer.methods.smop import SMoP
 
@@ -43,17 +44,9 @@ def requests(args, names):
     return ids, chosen
 
 
-def pad(rows):
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def serve(model, rows, adapter_ids, args):
-    batch = pad(rows)
+    input_ids, mask = pad(rows, 0)
+    batch = {"input_ids": input_ids, "attention_mask": mask}
     if args.mode == "generate":
         model.generate(batch, torch.tensor(adapter_ids), args.new_tokens, min_new_tokens=args.new_tokens)
     else:

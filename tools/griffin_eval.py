@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers import T5Config, T5ForConditionalGeneration
 
+from trainer.data.batch import pad
 from trainer.inference import griffin
 
 VOCAB, FIRST = 64, 3  # ids 0 pad, 1 </s>, 2 unused; symbols 3..63
@@ -46,15 +47,13 @@ def make_model(shape: str, ff: str, vocab: int = VOCAB, seed: int = 0) -> T5ForC
 
 def task_batch(n: int, gen: torch.Generator, perm: torch.Tensor):
     """Inputs: 8-16 random symbols and </s>; targets: perm(symbols) reversed and </s>."""
-    lengths = torch.randint(8, 17, (n,), generator=gen)
-    width = int(lengths.max()) + 1
-    ids, mask = torch.zeros(n, width, dtype=torch.long), torch.zeros(n, width, dtype=torch.long)
-    labels = torch.full((n, width), -100, dtype=torch.long)
-    for i, length in enumerate(lengths.tolist()):
+    inputs, targets = [], []
+    for length in torch.randint(8, 17, (n,), generator=gen).tolist():
         symbols = torch.randint(FIRST, VOCAB, (length,), generator=gen)
-        ids[i, :length], ids[i, length], mask[i, : length + 1] = symbols, 1, 1
-        labels[i, :length], labels[i, length] = perm[symbols - FIRST].flip(0), 1
-    return ids, mask, labels
+        inputs.append(symbols.tolist() + [1])
+        targets.append(perm[symbols - FIRST].flip(0).tolist() + [1])
+    ids, mask = pad(inputs, 0)
+    return ids, mask, pad(targets, -100)[0]
 
 
 def train(model, perm, steps: int, batch: int, lr: float):

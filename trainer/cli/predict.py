@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from trainer.cli.run_files import load_backbone, read_run, run_ds_config
 from trainer.inference.adapter import check_backbone, load_adapter, read_adapter_config, tokenizer_path
-from trainer.data.batch import eval_shards
+from trainer.data.batch import eval_shards, pad
 from trainer.inference.griffin import griffin
 from trainer.inference.multi_adapter import MultiAdapterT5
 from trainer.data.readers import load_split, read_jsonl_lines
@@ -114,15 +114,6 @@ def encode(records, tokenizer, room: int) -> tuple[list[list[int]], int]:
     return [x[:room] + [tokenizer.eos_token_id] for x in ids], sum(len(x) > room for x in ids)
 
 
-def pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
 def build(args, adapter_dirs: dict[str, str], zero3: bool):
     """(MultiAdapterT5, tokenizer, distributed helpers or None)."""
     configs = {name: read_adapter_config(path) for name, path in adapter_dirs.items()}
@@ -202,7 +193,8 @@ def predict_shard(args, model: MultiAdapterT5, tokenizer, ids, adapter_ids, dist
     for indices in tqdm(eval_shards(len(ids), rank, world, args.batch_size), disable=rank != 0, desc="predict",
                         unit="batch"):
         rows = indices or [0]  # a placeholder batch keeps every ZeRO-3 rank in the same forward
-        batch = {k: v.to(device) for k, v in pad([ids[i] for i in rows], tokenizer.pad_token_id).items()}
+        input_ids, mask = pad([ids[i] for i in rows], tokenizer.pad_token_id)
+        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
         chosen = adapter_ids[rows].to(device)
         if candidates is not None:
             scores, index = model.score_candidates(batch, chosen, candidates)

@@ -49,20 +49,26 @@ def encode(examples: list[Example], task_ids: list[int], tokenizer, max_source_l
     return Encoded(examples, task_ids, input_ids, labels, truncated)
 
 
+def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token ids to the longest row (dynamic padding): the one padding of the trainer and its tools.
+
+    Returns ids (len(rows), longest) filled with `pad_id` after each row, and mask (len(rows), longest),
+    1 on real tokens.
+    """
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask
+
+
 def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest member (dynamic padding). Labels are padded with -100 (ignored by the loss)."""
-    inputs = [data.input_ids[i] for i in indices]
-    labels = [data.labels[i] for i in indices]
-    width, target_width = max(map(len, inputs)), max(map(len, labels))
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-    label_ids = torch.full((len(indices), target_width), -100, dtype=torch.long)
-    for row, (src, tgt) in enumerate(zip(inputs, labels)):
-        input_ids[row, : len(src)] = torch.tensor(src)
-        attention_mask[row, : len(src)] = 1
-        label_ids[row, : len(tgt)] = torch.tensor(tgt)
+    """Pad to the longest member. Labels are padded with -100 (ignored by the loss)."""
+    input_ids, attention_mask = pad([data.input_ids[i] for i in indices], pad_id)
+    labels, _ = pad([data.labels[i] for i in indices], -100)
     task_ids = torch.tensor([data.task_ids[i] for i in indices], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids, "task_ids": task_ids}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task_ids": task_ids}
 
 
 class TrainOrder:
