@@ -16,7 +16,7 @@ def evaluate(task, predictions: list, tmp_path, *extra, raw: bytes | None = None
                      "".join(json.dumps(p) + "\n" for p in predictions).encode())
     # Run from elsewhere: the script must find `trainer` by itself.
     return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "evaluate.py"), "--task", task, "--data_dir",
+        [sys.executable, str(ROOT / "trainer" / "cli" / "evaluate.py"), "--task", task, "--data_dir",
          str(FIXTURES), "--split", "val", "--predictions", str(path), *extra],
         capture_output=True, text=True, cwd=tmp_path, timeout=60), path
 

@@ -48,7 +48,7 @@ def predictions(path):
 
 
 def score_with_tool(task, split, path, *extra):
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--task", task, "--data_dir",
+    proc = subprocess.run([sys.executable, str(REPO / "trainer" / "cli" / "evaluate.py"), "--task", task, "--data_dir",
                            str(FIXTURES), "--split", split, "--predictions", str(path), *extra],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -19,7 +19,7 @@ from trainer.data.readers import load_split
 from trainer.data.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICT = str(ROOT / "tools" / "predict.py")
+PREDICT = str(ROOT / "trainer" / "cli" / "predict.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -76,7 +76,7 @@ def test_single_device_predictions_and_routing_match_the_trainers_eval(trained, 
     assert len({r["prompt"] for r in theirs}) > 1  # the router really chooses
     for r in theirs:
         assert (ours[r["idx"]]["prediction"], ours[r["idx"]]["prompt"]) == (r["prediction"], r["prompt"])
-    scored = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), "--task", "rte", "--data_dir",
+    scored = subprocess.run([sys.executable, str(ROOT / "trainer" / "cli" / "evaluate.py"), "--task", "rte", "--data_dir",
                              str(EMBEDDED_DATA_DIR), "--split", "val", "--predictions", str(out)],
                             capture_output=True, text=True, env=ENV, timeout=60)
     assert scored.returncode == 0 and "accuracy" in json.loads(scored.stdout)
