@@ -76,9 +76,9 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
     if name == "bare":
         return {**base, "kind": "bare", "method": "smop", "num_prompts": 4, "prompt_length": 5}
     if name == "full-ft":
-        from trainer.config import Method
+        from trainer.methods.registry import registered
 
-        if FULL_FT not in {m.value for m in Method}:
+        if FULL_FT not in registered():
             return {**base, "skip": f"prompt.method={FULL_FT} is not available on this branch"}
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
