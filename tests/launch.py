@@ -22,7 +22,8 @@ TINY = ["model.name_or_path=tiny", "data.task=rte",
         "monitor.plots=false"]  # pictures cost a second per run: tests/test_end_to_end.py draws them
 
 
-LAUNCHERS = ("python", "torchrun", "deepspeed", "deepspeed-hostfile", "deepspeed-no-ssh", "mpirun", "accelerate")
+LAUNCHERS = ("python", "torchrun", "deepspeed", "deepspeed-hostfile", "deepspeed-no-ssh", "mpirun", "accelerate",
+             "python-module", "torchrun-module", "deepspeed-module")
 
 
 def command(nproc: int, launcher: str) -> list[str]:
@@ -35,6 +36,16 @@ def command(nproc: int, launcher: str) -> list[str]:
                 "--master_port", str(free_port()), MAIN]
     if launcher == "deepspeed":
         return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), MAIN]
+    # The module forms: the package on the path, not a file, is what runs (trainer/__main__.py or main.py's
+    # __main__ block under -m).
+    if launcher == "python-module":
+        assert nproc == 1
+        return [sys.executable, "-m", "trainer"]
+    if launcher == "torchrun-module":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(free_port()), "-m", "trainer.main"]
+    if launcher == "deepspeed-module":
+        return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "trainer"]
     if launcher in ("deepspeed-hostfile", "deepspeed-no-ssh"):
         # The multi-node runner checks that it can ssh to the first host even when the hostfile lists only
         # localhost; --no_ssh_check with --master_addr skips that and launches locally. --no_ssh is the

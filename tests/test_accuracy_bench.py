@@ -64,9 +64,9 @@ def test_reduced_benchmark_learns_and_smop_does_not_collapse(tmp_path):
 
 
 def _pretrain(out: Path, seed: int) -> bytes:
-    cmd = [sys.executable, str(REPO / "tools" / "pretrain_tiny.py"), "--out", str(out), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "tools.pretrain_tiny", "--out", str(out), "--seed", str(seed),
            "--steps", "30", "--batch", "8", "--d-model", "16", "--layers", "1", "--threads", "1"]
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
     return (out / "model.safetensors").read_bytes()
 
 

@@ -136,7 +136,6 @@ def test_loads_in_a_fresh_process_without_deepspeed_or_process_group(tmp_path):
     save_adapter(tmp_path, make_smop(), META)
     code = (
         "import sys, torch\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from trainer.inference.adapter import load_adapter\n"
         f"smop = load_adapter({str(tmp_path)!r})\n"
         "prompts, routing = smop(torch.randn(2, 3, 32), torch.ones(2, 3))\n"
@@ -145,5 +144,5 @@ def test_loads_in_a_fresh_process_without_deepspeed_or_process_group(tmp_path):
         "assert not torch.distributed.is_initialized()\n"
         "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

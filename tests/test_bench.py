@@ -22,7 +22,7 @@ FIGURES = ("step_time_s", "samples_per_s", "tokens_per_s", "peak_memory_bytes", 
 
 def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path):
     seq_len, target_len = 16, 8
-    cmd = [sys.executable, "tools/bench.py", "--size", "tiny", "--arms", "smop-4x5,bare,full-ft", "--baseline", "smop-4x5",
+    cmd = [sys.executable, "-m", "tools.bench", "--size", "tiny", "--arms", "smop-4x5,bare,full-ft", "--baseline", "smop-4x5",
            "--warmup", "1", "--steps", "2", "--phase-steps", "1", "--infer-repeats", "1", "--gen-tokens", "2",
            "--seq-len", str(seq_len), "--target-len", str(target_len), "--micro-batch", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -66,7 +66,7 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path)
 def test_bench_varied_lengths_grouped_arm_pads_less(tmp_path):
     """--lengths varied: real tokens and the mean step time make the throughput; -grouped pads less."""
     target_len = 4
-    cmd = [sys.executable, "tools/bench.py", "--size", "tiny", "--arms", "smop-4x5,smop-4x5-grouped", "--lengths",
+    cmd = [sys.executable, "-m", "tools.bench", "--size", "tiny", "--arms", "smop-4x5,smop-4x5-grouped", "--lengths",
            "varied", "--baseline", "smop-4x5", "--warmup", "1", "--steps", "4", "--phase-steps", "1",
            "--infer-repeats", "0", "--seq-len", "64", "--target-len", str(target_len), "--micro-batch", "2",
            "--out", str(tmp_path)]

@@ -198,8 +198,8 @@ def test_readme_documents_every_config_key():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools/config_docs.py"), "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "tools.config_docs", "--check"],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout
 
 

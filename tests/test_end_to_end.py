@@ -52,7 +52,7 @@ def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
 def test_logged_routing_counts_are_the_sum_of_every_rank(tmp_path):
     """Clean (routing_*) and noisy (noisy_routing_*) fractions are each the sum of every rank's counts."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "tests/probes/routing_counts.py"), str(tmp_path), "prompt.router_input=raw"]
+           "-m", "tests.probes.routing_counts", str(tmp_path), "prompt.router_input=raw"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,5 +1,6 @@
-"""trainer/cli/evaluate.py run as a script, the way users call it."""
+"""smop-evaluate (trainer/cli/evaluate.py) run as a command, the way users call it."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,11 @@ def evaluate(task, predictions: list, tmp_path, *extra, raw: bytes | None = None
     path = tmp_path / "preds.jsonl"
     path.write_bytes(raw if raw is not None else
                      "".join(json.dumps(p) + "\n" for p in predictions).encode())
-    # Run from elsewhere: the script must find `trainer` by itself.
+    # Run from elsewhere: the package is found from any directory (here the checkout under test).
     return subprocess.run(
-        [sys.executable, str(ROOT / "trainer" / "cli" / "evaluate.py"), "--task", task, "--data_dir",
+        [sys.executable, "-m", "trainer.cli.evaluate", "--task", task, "--data_dir",
          str(FIXTURES), "--split", "val", "--predictions", str(path), *extra],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60), path
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}), path
 
 
 def test_rte_accuracy(tmp_path):

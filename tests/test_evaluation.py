@@ -48,9 +48,9 @@ def predictions(path):
 
 
 def score_with_tool(task, split, path, *extra):
-    proc = subprocess.run([sys.executable, str(REPO / "trainer" / "cli" / "evaluate.py"), "--task", task, "--data_dir",
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli.evaluate", "--task", task, "--data_dir",
                            str(FIXTURES), "--split", split, "--predictions", str(path), *extra],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

@@ -1,4 +1,5 @@
-"""The trainer writes an adapter at the end of a run; trainer/cli/export.py writes the same one from the run dir."""
+"""The trainer writes an adapter at the end of a run; smop-export (trainer/cli/export.py) writes the same one from
+the run dir."""
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,9 @@ def run_dir(tmp_path_factory):
 
 
 def export(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "export.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=120, env={"OMP_NUM_THREADS": "1",
-                                                                                     "PATH": "/usr/bin:/bin"})
+    return subprocess.run([sys.executable, "-m", "trainer.cli.export", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
 
 
 def test_trainer_writes_a_loadable_adapter_matching_the_final_weights(run_dir):

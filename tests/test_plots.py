@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from trainer.cli import plot_run
+from trainer.cli import plot as plot_command
 from trainer.monitor.plots import DPI, FIGSIZE, eval_table, read_events, write_plots
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,8 +161,8 @@ def test_cli_on_an_interrupted_run_before_any_eval(tmp_path):
     events = [{"event": "setup", "step": 0}] + [train_event(s, 4, True) for s in range(10, 40, 10)]
     run = write_metrics(tmp_path / "run", events)
     other = mixture_run(tmp_path / "other")
-    out = subprocess.run([sys.executable, str(ROOT / "trainer/cli/plot.py"), str(run), str(other)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "trainer.cli.plot", str(run), str(other)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     printed = out.stdout.split()
     assert printed[:2] == [str(run / "plots/loss_lr.png"), str(run / "plots/routing.png")]
@@ -183,7 +183,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
     else:
         run.mkdir()
         expected = f"error: {run / 'metrics.jsonl'}: no such file"
-    assert plot_run.main([str(run)]) == 2  # in-process: the subprocess path is tested above
+    assert plot_command.main([str(run)]) == 2  # in-process: the subprocess path is tested above
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
     assert not (run / "plots").exists()

@@ -1,4 +1,5 @@
-"""trainer/cli/predict.py as users run it: one device, and 2 ZeRO-3 ranks under the deepspeed launcher."""
+"""smop-predict (trainer/cli/predict.py) as users run it: one device, and 2 ZeRO-3 ranks under the deepspeed
+launcher (`deepspeed --module trainer.cli.predict`)."""
 import json
 import os
 import subprocess
@@ -19,15 +20,15 @@ from trainer.data.readers import load_split
 from trainer.data.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICT = str(ROOT / "trainer" / "cli" / "predict.py")
+PREDICT = "trainer.cli.predict"  # run as a module from ROOT: the checkout under test
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def predict(*args, nproc=1, timeout=300):
     if nproc == 1:
-        cmd = [sys.executable, PREDICT]
+        cmd = [sys.executable, "-m", PREDICT]
     else:
-        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), PREDICT]
+        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", PREDICT]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=ENV, timeout=timeout,
                           cwd=ROOT)
 
@@ -76,9 +77,9 @@ def test_single_device_predictions_and_routing_match_the_trainers_eval(trained, 
     assert len({r["prompt"] for r in theirs}) > 1  # the router really chooses
     for r in theirs:
         assert (ours[r["idx"]]["prediction"], ours[r["idx"]]["prompt"]) == (r["prediction"], r["prompt"])
-    scored = subprocess.run([sys.executable, str(ROOT / "trainer" / "cli" / "evaluate.py"), "--task", "rte", "--data_dir",
+    scored = subprocess.run([sys.executable, "-m", "trainer.cli.evaluate", "--task", "rte", "--data_dir",
                              str(EMBEDDED_DATA_DIR), "--split", "val", "--predictions", str(out)],
-                            capture_output=True, text=True, env=ENV, timeout=60)
+                            capture_output=True, text=True, env=ENV, timeout=60, cwd=ROOT)
     assert scored.returncode == 0 and "accuracy" in json.loads(scored.stdout)
 
 
@@ -131,11 +132,11 @@ def test_griffin_pruning_on_one_device_and_refused_under_zero3(lively, tmp_path)
 def test_single_device_predict_from_a_checkpoint_never_imports_deepspeed(lively, tmp_path):
     inputs = tmp_path / "in.jsonl"  # one adapter loaded: records may leave "adapter" out
     inputs.write_text("".join(json.dumps({"input": r["input"]}) + "\n" for r in read(lively / "inputs.jsonl")[:4]))
-    argv = [PREDICT, "--backbone", str(lively / "backbone"), "--adapter", f"x={lively / 'x'}", "--input",
+    argv = ["smop-predict", "--backbone", str(lively / "backbone"), "--adapter", f"x={lively / 'x'}", "--input",
             str(inputs), "--output", str(tmp_path / "p.jsonl"), "--max_new_tokens", "2"]
     code = ("import runpy, sys\n"
             f"sys.argv = {argv!r}\n"
-            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            f"try:\n    runpy.run_module({PREDICT!r}, run_name='__main__', alter_sys=True)\n"
             "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
             "print('deepspeed' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120, cwd=ROOT)

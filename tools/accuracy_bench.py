@@ -1,7 +1,7 @@
 """Offline accuracy benchmark: the methods on the instruction-free mixture, each at its own dev-chosen
 learning rate, several seeds, quality and cost in one table (docs/benchmark-accuracy.md).
 
-    python tools/accuracy_bench.py --jobs 2 --doc docs/benchmark-accuracy.md
+    python -m tools.accuracy_bench --jobs 2 --doc docs/benchmark-accuracy.md
 
 Every run is the real entry point (python trainer/main.py, one rank, ZeRO-3, OMP_NUM_THREADS=1) on the
 backbone shipped as `tiny-pretrained` and the four `jsonl:NAME` sub-tasks of tools/synthetic.py with
@@ -207,7 +207,7 @@ def main(argv=None) -> dict:
 
     from tools import accuracy_report  # matplotlib only where a report is drawn
 
-    command = "python tools/accuracy_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m tools.accuracy_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "report_only"},
                "grids": grids, "chosen_lr": chosen, "sweeps": {a: list(s.values()) for a, s in sweeps.items()},
                "runs": runs}

@@ -1,8 +1,8 @@
 """Benchmark arms side by side in one invocation: one subprocess tree per arm, same backbone shape, same
 synthetic data shape, same hardware. Prints a table with ratios to a baseline arm and writes every figure.
 
-    python tools/bench.py --size tiny                                   # CPU: 2 gloo ranks per arm
-    python tools/bench.py --size t5-xl --arms smop-4x5,pt-100,hf-peft-100,bare --baseline pt-100   # a GPU
+    python -m tools.bench --size tiny                                   # CPU: 2 gloo ranks per arm
+    python -m tools.bench --size t5-xl --arms smop-4x5,pt-100,hf-peft-100,bare --baseline pt-100   # a GPU
 
 Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     smop-KxL          this trainer, SMoP with k prompts of l tokens (ZeRO-3)
@@ -33,7 +33,6 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-
 
 from tools.bench_common import REPO, RESULT_PREFIX, SIZES, as_dict, device_info
 from tools.bench_common import flops_source, inference_flops_per_example, train_flops_per_example
@@ -77,9 +76,9 @@ def arm_spec(name: str, args, size, on_gpu: bool, out: Path) -> dict:
     if name == "bare":
         return {**base, "kind": "bare", "method": "smop", "num_prompts": 4, "prompt_length": 5}
     if name == "full-ft":
-        from trainer.config import Method
+        from trainer.methods.registry import registered
 
-        if FULL_FT not in {m.value for m in Method}:
+        if FULL_FT not in registered():
             return {**base, "skip": f"prompt.method={FULL_FT} is not available on this branch"}
         # prompt sizes are placeholders the full fine-tuning method is expected to ignore
         return {**base, "kind": "trainer", "method": FULL_FT, "num_prompts": 1, "prompt_length": 1}
@@ -124,9 +123,9 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
     if "skip" in spec or "error" in spec:
         return {"arm": spec["arm"], "status": "skipped" if "skip" in spec else "failed",
                 "error": spec.get("skip") or spec["error"]}
-    worker = REPO / "tools" / ("bench_hf_peft.py" if spec["kind"] == "hf_peft" else "bench_worker.py")
+    worker = "tools.bench_hf_peft" if spec["kind"] == "hf_peft" else "tools.bench_worker"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(free_port()), str(worker), json.dumps(spec)]
+           "--master_port", str(free_port()), "-m", worker, json.dumps(spec)]  # a module: it imports tools.*
     log = out / f"{spec['arm']}.log"
     started = time.time()
     try:
@@ -272,7 +271,7 @@ def main(argv=None) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     peak, device = None, device_info(torch.device("cpu"))
     if on_gpu:
-        probe = subprocess.run([sys.executable, str(REPO / "tools" / "bench_worker.py"), "--peak"], cwd=REPO,
+        probe = subprocess.run([sys.executable, "-m", "tools.bench_worker", "--peak"], cwd=REPO,
                                env=env, capture_output=True, text=True, timeout=600)
         lines = [x for x in probe.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
         if not lines:  # no MFU then, but the arms still run

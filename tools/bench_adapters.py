@@ -1,6 +1,6 @@
 """Throughput of many adapters over one backbone: mixed batches against one adapter at a time.
 
-    OMP_NUM_THREADS=2 python tools/bench_adapters.py [--adapters 4] [--batch 16] [--requests 128] \
+    OMP_NUM_THREADS=2 python -m tools.bench_adapters [--adapters 4] [--batch 16] [--requests 128] \
         [--d_model 256] [--layers 4] [--mode generate|score]
 
 A stream of requests, each for a random adapter, is served in arrival order in windows of --batch:
@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration

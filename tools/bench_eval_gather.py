@@ -1,7 +1,7 @@
 """Generation latency under ZeRO-3 before and after gathering the backbone once, in one process, interleaved.
 
-    python tools/bench_eval_gather.py                 # tiny size, 2 CPU ranks (torchrun started for you)
-    python tools/bench_eval_gather.py --size t5-large --nproc 8
+    python -m tools.bench_eval_gather                 # tiny size, 2 CPU ranks (torchrun started for you)
+    python -m tools.bench_eval_gather --size t5-large --nproc 8
 
 tools/bench.py measures each arm in its own processes one after another, so on a shared machine the load
 can change between arms. Here one set of ranks times, round after round, the same greedy generation three
@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-
 
 
 def worker(args) -> None:
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
     from trainer.runtime.distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_port",
-           str(free_port()), __file__, "--worker", "--size", args.size, "--rounds", str(args.rounds), "--out", args.out]
+           str(free_port()), "-m", "tools.bench_eval_gather", "--worker", "--size", args.size, "--rounds", str(args.rounds), "--out", args.out]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("EVAL_GATHER ")]

@@ -1,6 +1,6 @@
 """The alternative a user would pick today: Hugging Face `Trainer` + PEFT prompt tuning under DeepSpeed.
 
-    torchrun --nproc_per_node 2 tools/bench_hf_peft.py '<spec json>'     (tools/bench.py writes the spec)
+    torchrun --nproc_per_node 2 -m tools.bench_hf_peft '<spec json>'     (tools/bench.py writes the spec)
 
 Same backbone shape (the trainer's own T5Config for the size, random weights), same synthetic fixed-length
 rows, same ZeRO stage and precision (the arm's ds_config, batch keys filled), same optimiser (AdamW, lr 0.3,
@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
 
 import torch
 

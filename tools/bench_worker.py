@@ -1,7 +1,7 @@
 """One benchmark arm of this trainer (or the bare loop over the same model), in the processes torchrun starts.
 
-    torchrun --nproc_per_node 2 tools/bench_worker.py '<spec json>'     (tools/bench.py writes the spec)
-    python tools/bench_worker.py --peak                                  (bf16 matmul peak of this GPU)
+    torchrun --nproc_per_node 2 -m tools.bench_worker '<spec json>'     (tools/bench.py writes the spec)
+    python -m tools.bench_worker --peak                                  (bf16 matmul peak of this GPU)
 
 The model, data order and step are the trainer's own: `read_inputs -> distributed.init -> build_run`, then
 `train_step` on synthetic rows (tools/bench_common.py), fixed-length or varied (--lengths varied). Figures, in this order:
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
 """Measure the bytes each rank sends and receives per training step, beside trainer/runtime/placement.py's model.
 
-    python tools/comm_volume.py                          # 1, 2 and 4 CPU ranks, ZeRO-3 and replicated
-    python tools/comm_volume.py --ranks 2 --placements zero3 --json out.json
+    python -m tools.comm_volume                          # 1, 2 and 4 CPU ranks, ZeRO-3 and replicated
+    python -m tools.comm_volume --ranks 2 --placements zero3 --json out.json
 
 Each (placement, ranks) cell runs the trainer's own `read_inputs -> distributed.init -> build_run ->
 train_step` under torchrun (gloo), with every torch.distributed collective wrapped by a counter: the
@@ -187,7 +187,7 @@ def measure(placement: str, ranks: int, out: Path, steps: int = 2, warmup: int =
             "steps": steps, "warmup": warmup, "micro_batch": micro_batch, "accum": accum,
             "overrides": overrides or []}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-           str(free_port()), __file__, "--worker", json.dumps(spec)]
+           str(free_port()), "-m", "tools.comm_volume", "--worker", json.dumps(spec)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]

@@ -1,14 +1,13 @@
 """Print the table of every config key (from the dataclass docstrings) that the README embeds.
 
-    python tools/config_docs.py            # print the markdown table
-    python tools/config_docs.py --check    # exit 1 if README.md's table is out of date
-    python tools/config_docs.py --write    # rewrite the table in README.md
+    python -m tools.config_docs            # print the markdown table
+    python -m tools.config_docs --check    # exit 1 if README.md's table is out of date
+    python -m tools.config_docs --write    # rewrite the table in README.md
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
 
 import ast
 import dataclasses
@@ -56,7 +55,7 @@ def main() -> int:
         return 0
     if "--check" in sys.argv:
         if current.strip() != table():
-            print("README.md's config table is out of date: run python tools/config_docs.py and paste it")
+            print("README.md's config table is out of date: run python -m tools.config_docs and paste it")
             return 1
         return 0
     print(table())

@@ -1,9 +1,9 @@
 """The Python half of tools/gpu_check.sh: the environment report, the bf16 ds_config of the default run, and
 the final report (DIR/gpu_check.json and the printed table).
 
-    python tools/gpu_check.py env OUT.json
-    python tools/gpu_check.py train-ds-config OUT.json
-    python tools/gpu_check.py report DIR [--dry-run 0|1] [--size t5-xl] [--budget-s 480]
+    python -m tools.gpu_check env OUT.json
+    python -m tools.gpu_check train-ds-config OUT.json
+    python -m tools.gpu_check report DIR [--dry-run 0|1] [--size t5-xl] [--budget-s 480]
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-
 
 
 def env_report(path: Path) -> dict:

@@ -8,8 +8,8 @@
 # Steps, in order of what they decide, each under its own time limit (cut to what is left of --budget-s):
 #   1. install   the wheels in --wheels (.whl/, filled by ../shared/tools/gpu-wheels.sh) when DeepSpeed
 #                is not importable: the GPU image has torch/transformers/PEFT but no DeepSpeed
-#   2. env       versions, devices, memory, bf16 support, nvidia-smi (tools/gpu_check.py env)
-#   3. bench     tools/bench.py at --size (T5-XL) with the arms that decide the speed goals: SMoP 4x5,
+#   2. env       versions, devices, memory, bf16 support, nvidia-smi (python -m tools.gpu_check env)
+#   3. bench     python -m tools.bench at --size (T5-XL) with the arms that decide the speed goals: SMoP 4x5,
 #                prompt tuning 100, HF+PEFT 100, the bare loop, the replicated backbone (ZeRO-2)
 #   4. tests     the GPU-marked tests: python -m pytest -m gpu tests
 #   5. train     the embedded default run (trainer/main.py with no preset) in bf16: the default ds_config
@@ -22,6 +22,9 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# A lent machine has the checkout but no `pip install` of it: trainer/main.py (and the tests' subprocesses)
+# import the package from here; the tools run as modules (python -m tools.NAME) from here.
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 
 out=${OUT:-runs/gpu_check}
 dry=0 size=t5-xl arms="smop-4x5,pt-100,hf-peft-100,bare,smop-4x5-zero2" budget=480 wheels=.whl
@@ -37,7 +40,7 @@ while [ $# -gt 0 ]; do
     --wheels) wheels=$2; shift 2 ;;
     --train-overrides) train_overrides=$2; shift 2 ;;
     --pack) pack=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: tools/gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -113,7 +116,7 @@ sed 's/^/    /' "$raw/install.log" | tail -n 3 >&2
 [ -f "$raw/pythonpath" ] && export PYTHONPATH=$(cat "$raw/pythonpath")${PYTHONPATH:+:$PYTHONPATH}
 
 # 2. env
-run_step env 60 $py tools/gpu_check.py env "$raw/env.json"
+run_step env 60 $py -m tools.gpu_check env "$raw/env.json"
 
 # 3. the speed goals' arms (dry run: tiny shapes, one rank, two timed steps)
 if [ $dry -eq 1 ]; then
@@ -122,14 +125,14 @@ if [ $dry -eq 1 ]; then
 else
   bench_args=(--size "$size" --warmup 3 --steps 10 --phase-steps 2 --infer-repeats 2 --arm-timeout 120)
 fi
-run_step bench $([ $dry -eq 1 ] && echo 500 || echo 250) $py tools/bench.py "${bench_args[@]}" --arms "$arms" --baseline "$baseline" --out "$raw/bench"
+run_step bench $([ $dry -eq 1 ] && echo 500 || echo 250) $py -m tools.bench "${bench_args[@]}" --arms "$arms" --baseline "$baseline" --out "$raw/bench"
 
 # 4. the GPU-marked tests (on the CPU they skip: the dry run checks that they are collected and skip cleanly)
 run_step tests $([ $dry -eq 1 ] && echo 120 || echo 150) \
   $py -m pytest -q -m gpu tests -rs -p no:cacheprovider --junitxml "$raw/tests.xml"
 
 # 5. the embedded default in bf16 on every GPU (dry run: 2 steps, one rank, on the CPU)
-$py tools/gpu_check.py train-ds-config "$raw/train_ds_config.json" > "$raw/train_ds_config.log" 2>&1
+$py -m tools.gpu_check train-ds-config "$raw/train_ds_config.json" > "$raw/train_ds_config.log" 2>&1
 nproc=$($py -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
 train_small=""
 [ $dry -eq 1 ] && { nproc=1; train_small="train.max_steps=2 train.eval_every=0 data.max_eval_examples=16 eval.batch_size=8"; }
@@ -138,7 +141,7 @@ run_step train 60 $py -m torch.distributed.run --nproc_per_node "$nproc" --maste
   trainer/main.py "ds_config=$raw/train_ds_config.json" "output_dir=$raw/train" overwrite=true $train_small $train_overrides
 
 # 6. report
-$py tools/gpu_check.py report "$out" --dry-run "$dry" --size "$size" --budget-s "$budget" | tee "$out/gpu_check.txt"
+$py -m tools.gpu_check report "$out" --dry-run "$dry" --size "$size" --budget-s "$budget" | tee "$out/gpu_check.txt"
 rc=${PIPESTATUS[0]}
 tar -czf "$out/logs.tar.gz" -C "$out" raw
 [ $pack -eq 1 ] && rm -rf "$raw"

@@ -1,8 +1,8 @@
 """Measure GRIFFIN on T5: quality at rho = 1, 0.5, 0.25 against static selections, and decode time per token.
 
-    OMP_NUM_THREADS=2 python tools/griffin_eval.py quality --ff gated --out runs/griffin-gated
-    OMP_NUM_THREADS=2 python tools/griffin_eval.py speed --shape base
-    OMP_NUM_THREADS=2 python tools/griffin_eval.py ffspeed
+    OMP_NUM_THREADS=2 python -m tools.griffin_eval quality --ff gated --out runs/griffin-gated
+    OMP_NUM_THREADS=2 python -m tools.griffin_eval speed --shape base
+    OMP_NUM_THREADS=2 python -m tools.griffin_eval ffspeed
 
 quality: trains a small T5 from scratch (all weights, a few minutes on a CPU) on a synthetic task whose
 answers need the feed-forward layers: map every input symbol through a fixed random permutation and write
@@ -24,7 +24,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
 
 import torch
 import torch.nn.functional as F

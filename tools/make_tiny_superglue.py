@@ -1,6 +1,6 @@
 """Write the embedded tiny SuperGLUE-format data (trainer/assets/data), deterministically.
 
-    python tools/make_tiny_superglue.py [--out trainer/assets/data] [--seed 0]
+    python -m tools.make_tiny_superglue [--out trainer/assets/data] [--seed 0]
 
 RTE-format records (premise, hypothesis, label, idx) built from a small grammar. The label follows a rule a
 model can learn (entailment iff every hypothesis word occurs in the premise), and the records come from two

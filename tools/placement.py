@@ -1,8 +1,8 @@
 """Predict step time and peak memory of each placement of the frozen backbone, and name the ds_config.
 
-    python tools/placement.py --model t5-xl --gpu-mem 80 --ranks-per-node 8 --nodes 2 --gbps 200
-    python tools/placement.py --params 3e9 --gpu-mem 40 --ranks-per-node 4 --nodes 4 --gbps 100
-    python tools/placement.py --grid      # T5-large/XL/XXL, 8 GPUs on 1, 2, 8 nodes, 100/200/400 Gbit/s
+    python -m tools.placement --model t5-xl --gpu-mem 80 --ranks-per-node 8 --nodes 2 --gbps 200
+    python -m tools.placement --params 3e9 --gpu-mem 40 --ranks-per-node 4 --nodes 4 --gbps 100
+    python -m tools.placement --grid      # T5-large/XL/XXL, 8 GPUs on 1, 2, 8 nodes, 100/200/400 Gbit/s
 
 The model and its assumptions are in trainer/runtime/placement.py (traffic, checked against tools/comm_volume.py)
 and trainer/runtime/placement_plan.py (memory from DeepSpeed's estimators, time from analytic FLOPs and an assumed
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-
 
 from trainer.monitor.flops import T5Shape
 from trainer.runtime.placement import ZeroSettings

@@ -2,7 +2,7 @@
 tools/synthetic.py and save it, with a word-level sentencepiece tokenizer trained on the same text, via
 save_pretrained. Deterministic from --seed (bit for bit with --threads 1); ~1.5 minutes on one core.
 
-    python tools/pretrain_tiny.py --out trainer/assets/tiny-pretrained   # the shipped backbone (1.2 MB)
+    python -m tools.pretrain_tiny --out trainer/assets/tiny-pretrained   # the shipped backbone (1.2 MB)
     python trainer/main.py model.name_or_path=tiny-pretrained ...        # then tune it frozen
 
 Prints the held-out exact match of each instructed operation, so a weak model is visible before anyone
@@ -15,7 +15,6 @@ import json
 import random
 import time
 from pathlib import Path
-
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration

@@ -16,7 +16,7 @@ sort: c, count: d): the task is recognisable from the input, by a router reading
 or by the model itself, but one shared prompt cannot say which operation to apply. It is written as the
 trainer's `jsonl:NAME` sub-tasks, one folder each:
 
-    python tools/synthetic.py --out trainer/assets/data     # the embedded default's copy/ reverse/ sort/ count/
+    python -m tools.synthetic --out trainer/assets/data     # the embedded default's copy/ reverse/ sort/ count/
 """
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """Run a few real training steps and write each rank's own routing counts beside the logged ones.
 
-    torchrun --nproc_per_node 2 tests/probes/routing_counts.py OUT_DIR [overrides...]
+    torchrun --nproc_per_node 2 -m tests.probes.routing_counts OUT_DIR [overrides...]
 """
 import json
 import sys
 from pathlib import Path
-
 
 from tqdm import tqdm
 

@@ -1,6 +1,6 @@
 """Run a few real training steps in-process and write what the GPU tests and their CPU twins compare.
 
-    python tests/probes/step_probe.py OUT_DIR [--steps N] [--save-backbone F | --load-backbone F] [overrides...]
+    python -m tests.probes.step_probe OUT_DIR [--steps N] [--save-backbone F | --load-backbone F] [overrides...]
 
 Builds the run exactly as trainer/main.py does (`read_inputs -> distributed.init -> build_run`) with the
 TINY test overrides, then calls `trainer.loop.train_step` N times and writes OUT_DIR/probe.json:
@@ -116,7 +116,7 @@ def run_probe(out: Path, *args, cpu: bool = False) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if cpu:
         env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
-    cmd = [sys.executable, str(Path(__file__).resolve()), str(out), *map(str, args)]
+    cmd = [sys.executable, "-m", "tests.probes.step_probe", str(out), *map(str, args)]  # imports tests.launch
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((Path(out) / "probe.json").read_text())

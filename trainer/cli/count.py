@@ -1,7 +1,7 @@
 """Trainable parameters and inference FLOPs of each method on T5 v1.1 LM-adapted base/large/XL/XXL.
 
-    python trainer/cli/count.py                      # parameter table, FLOP table at several input lengths
-    python trainer/cli/count.py --source-lens 100 250 --target-len 2
+    smop-count                                       # parameter table, FLOP table at several input lengths
+    smop-count --source-lens 100 250 --target-len 2
 
 Nothing is downloaded or allocated: the backbones are built on the meta device from hand-written configs
 (the shapes of google/t5-{base,large,xl,xxl}-lm-adapt), the methods' modules likewise, and FLOPs come
@@ -10,7 +10,6 @@ from trainer/monitor/flops.py's analytic count.
 from __future__ import annotations
 
 import argparse
-
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration

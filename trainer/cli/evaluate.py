@@ -1,6 +1,6 @@
 """Score a predictions file against a SuperGLUE split with the official (or SMoP) metrics.
 
-    python trainer/cli/evaluate.py --task rte --data_dir DIR --split val --predictions preds.jsonl
+    smop-evaluate --task rte --data_dir DIR --split val --predictions preds.jsonl
 
 `--split dev` scores the dev set the trainer carves from train.jsonl with data.splits=paper (the last
 `--dev_fraction` of each label); with that convention the test set is `--split val`.
@@ -12,7 +12,6 @@ metrics (0-100). Bad input: one line on stderr naming file:line, exit code 2.
 import argparse
 import json
 import sys
-
 
 from trainer.data.metrics import VARIANTS, idx_key, score
 from trainer.data.readers import SPLITS, load_split, read_jsonl_lines

@@ -1,6 +1,6 @@
 """Write the SMoP adapter of a finished run (or of one of its checkpoints) as a small directory.
 
-    python trainer/cli/export.py --run_dir runs/tiny [--out runs/tiny/adapter] [--checkpoint PATH]
+    smop-export --run_dir runs/tiny [--out runs/tiny/adapter] [--checkpoint PATH]
 
 Reads config.yaml, the tokenizer and smop_final.safetensors from the run directory (or, with --checkpoint,
 a safetensors file holding the same keys, `prompts` and `router.proj.weight`, or a checkpoint folder with one
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
 
 import torch
 from safetensors import SafetensorError

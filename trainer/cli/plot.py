@@ -1,6 +1,6 @@
 """Draw the pictures of a run (finished or interrupted) from its metrics.jsonl.
 
-    python trainer/cli/plot.py RUN_DIR [RUN_DIR ...]
+    smop-plot RUN_DIR [RUN_DIR ...]
 
 Writes RUN_DIR/plots/{loss_lr,routing,routing_tables,eval}.png (those with data; see trainer/monitor/plots.py)
 and prints each path. Bad input (no metrics.jsonl, a line that is not JSON): one line on stderr naming
@@ -9,7 +9,6 @@ the file and line, exit code 2.
 import argparse
 import sys
 from pathlib import Path
-
 
 from trainer.monitor.plots import write_plots
 

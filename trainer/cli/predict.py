@@ -1,15 +1,15 @@
 """Predict with exported SMoP adapters over one frozen backbone.
 
     # one device, no DeepSpeed
-    python trainer/cli/predict.py --backbone google/t5-large-lm-adapt --adapter rte=runs/rte/adapter \
+    smop-predict --backbone google/t5-large-lm-adapt --adapter rte=runs/rte/adapter \
         --task rte --data_dir data/superglue --split val --output preds.jsonl
     # several adapters, a jsonl of {"input": ..., "adapter": ..., "idx": ...} (idx optional)
-    python trainer/cli/predict.py --backbone DIR --adapter rte=A --adapter cb=B --input inputs.jsonl --output p.jsonl
+    smop-predict --backbone DIR --adapter rte=A --adapter cb=B --input inputs.jsonl --output p.jsonl
     # the random 'tiny' backbone of a training run
-    python trainer/cli/predict.py --backbone tiny --run_dir runs/tiny --adapter runs/tiny/adapter --task rte ...
+    smop-predict --backbone tiny --run_dir runs/tiny --adapter runs/tiny/adapter --task rte ...
     # ZeRO-3 inference for a backbone that does not fit one device: every rank generates (synced_gpus),
     # inputs are sharded over ranks and gathered once
-    deepspeed --num_gpus 2 trainer/cli/predict.py --ds_config ds_configs/cpu_zero3.json ...
+    deepspeed --num_gpus 2 --module trainer.cli.predict --ds_config ds_configs/cpu_zero3.json ...
 
 Writes one {"idx", "prediction", "adapter", "prompt"} object per line (trainer/cli/evaluate.py reads it; "prompt"
 is the prompt the example's router chose). Bad input: one line on stderr, exit code 2.
@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-
 
 import torch
 from tqdm import tqdm

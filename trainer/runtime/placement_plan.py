@@ -185,7 +185,7 @@ def notice(chosen: str, predictions: list[Prediction], device_memory: float) -> 
     extra = f" ({'; '.join(best.notes)})" if best.notes else ""
     return (f"placement: {chosen} is predicted {mine.step_s / best.step_s:.1f}x slower per step than {best.placement}, "
             f"which fits ({best.peak_bytes / 2**30:.1f} of {device_memory / 2**30:.0f} GiB predicted)"
-            f": ds_config={best.ds_config}{extra}; see tools/placement.py")
+            f": ds_config={best.ds_config}{extra}; see python -m tools.placement")
 
 
 # --- the running job: its device, and the checks the trainer makes at start-up and before evaluation ---
