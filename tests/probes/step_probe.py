@@ -147,7 +147,7 @@ def main() -> None:
     args, overrides = p.parse_known_args()
 
     from trainer import loop
-    from trainer.runtime import distributed
+    from trainer.runtime import distributed, update
     from trainer.runtime.compile import blocks
     from trainer.main import build_run, read_inputs
 
@@ -175,14 +175,14 @@ def main() -> None:
     loop.reset_stats(run)
 
     captured = {}
-    real_masked_step = loop.masked_step
+    real_masked_step = update.masked_step  # the replicated update path's step (trainer/runtime/update.py)
 
     def capturing_step(optimizer, ps, ok):
         if run.step == 0:
             captured["grads"] = [q.grad.detach().float().cpu().flatten().tolist() for q in ps]
         return real_masked_step(optimizer, ps, ok)
 
-    loop.masked_step = capturing_step
+    update.masked_step = capturing_step
     reads = HostReads(dist.device)
     reads.install()
     before = [q.detach().float().cpu().flatten().tolist() for q in run.params]
