@@ -1,6 +1,7 @@
 """The training loop (evaluation lives in trainer/evaluation.py)."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from trainer.config import RunConfig
 from trainer.data.batch import Encoded, TrainOrder, collate
 from trainer.runtime.distributed import Dist
 from trainer.evaluation import evaluate
-from trainer.runtime.guard import StepGuard
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss, StepGuard
 from trainer.methods.prompted import PromptedT5
 from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
@@ -83,6 +84,36 @@ def train(run: Run) -> dict:
             break
     bar.close()
     return evaluate(run) if run.step == cfg.max_steps else last_eval
+
+
+def train_guarded(run: Run) -> tuple[int | None, dict]:
+    """Train with the stop signals caught: (exit code if it stopped early, else None; the last eval)."""
+    run.guard.install()
+    try:
+        result = train(run)
+    except NonFiniteLoss as e:
+        print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
+        return _close(run, EXIT_NONFINITE), {}
+    finally:
+        run.guard.uninstall()
+    if run.collapsed:
+        print(f"rank {run.dist.rank}: stopped after step {run.step}: routing collapsed (monitor.stop_on_collapse); "
+              f"checkpoint saved; exit code {EXIT_COLLAPSE}", file=sys.stderr)
+        return _close(run, EXIT_COLLAPSE), result
+    if run.step < run.cfg.train.max_steps:
+        g = run.guard
+        why = (f"signal {g.signalled}" if g.signalled else f"checkpoint.stop_at={g.stop_at}"
+               if g.stop_at and run.step >= g.stop_at else "a signal to another rank")
+        print(f"rank {run.dist.rank}: stopped after step {run.step} by {why}; checkpoint saved; exit code "
+              f"{EXIT_REQUEUE}: run the same command to resume", file=sys.stderr)
+        return _close(run, EXIT_REQUEUE), result
+    return None, result
+
+
+def _close(run: Run, code: int) -> int:
+    run.monitor.close(plots=run.cfg.monitor.plots)  # pictures of the run so far
+    distributed.destroy()
+    return code
 
 
 def train_step(run: Run) -> None:

@@ -23,7 +23,7 @@ from trainer.data.splits import RunSplits, load_splits
 from trainer.data.tokenizer import build_tokenizer
 from trainer.evaluation import evaluate
 from trainer.inference.adapter import adapter_meta, save_adapter
-from trainer.loop import Run, train
+from trainer.loop import Run, train_guarded
 from trainer.methods.prompted import PromptedT5
 from trainer.methods.registry import InitContext, build_method, get_method
 from trainer.monitor.monitor import CollapseDetector, Monitor
@@ -34,7 +34,7 @@ from trainer.runtime import distributed, resume
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
-from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss, StepGuard
+from trainer.runtime.guard import EXIT_BAD_INPUT, StepGuard
 from trainer.runtime.placement_plan import startup_notice
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
 
@@ -156,36 +156,6 @@ def save_method(run: Run) -> None:
               str(out / "smop_final.safetensors"))
     if get_method(run.cfg.prompt.method).exports_adapter:
         save_adapter(out / "adapter", method, adapter_meta(run.cfg, run.model.config), run.tokenizer)
-
-
-def train_guarded(run: Run) -> tuple[int | None, dict]:
-    """Train with the stop signals caught: (exit code if it stopped early, else None; the last eval)."""
-    run.guard.install()
-    try:
-        result = train(run)
-    except NonFiniteLoss as e:
-        print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
-        return _close(run, EXIT_NONFINITE), {}
-    finally:
-        run.guard.uninstall()
-    if run.collapsed:
-        print(f"rank {run.dist.rank}: stopped after step {run.step}: routing collapsed (monitor.stop_on_collapse); "
-              f"checkpoint saved; exit code {EXIT_COLLAPSE}", file=sys.stderr)
-        return _close(run, EXIT_COLLAPSE), result
-    if run.step < run.cfg.train.max_steps:
-        g = run.guard
-        why = (f"signal {g.signalled}" if g.signalled else f"checkpoint.stop_at={g.stop_at}"
-               if g.stop_at and run.step >= g.stop_at else "a signal to another rank")
-        print(f"rank {run.dist.rank}: stopped after step {run.step} by {why}; checkpoint saved; exit code "
-              f"{EXIT_REQUEUE}: run the same command to resume", file=sys.stderr)
-        return _close(run, EXIT_REQUEUE), result
-    return None, result
-
-
-def _close(run: Run, code: int) -> int:
-    run.monitor.close(plots=run.cfg.monitor.plots)  # pictures of the run so far
-    distributed.destroy()
-    return code
 
 
 def cli() -> None:
