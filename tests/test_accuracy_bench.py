@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 
 from tools import accuracy_bench
 from tools import accuracy_report
@@ -37,6 +38,7 @@ def test_lr_choice_is_the_best_final_dev_average_and_never_a_failed_run():
     assert accuracy_bench.choose_lr({0.1: {"dev_final": 1.0}, 0.3: {"dev_final": 2.0}}) == 0.3
 
 
+@pytest.mark.multiprocess
 def test_reduced_benchmark_learns_and_smop_does_not_collapse(tmp_path):
     doc = tmp_path / "bench.md"
     results = accuracy_bench.main(["--arms", "smop-kmeans", "prompt-tuning-5", "--seeds", "0", "1",
@@ -70,6 +72,7 @@ def _pretrain(out: Path, seed: int) -> bytes:
     return (out / "model.safetensors").read_bytes()
 
 
+@pytest.mark.multiprocess
 def test_pretraining_is_bit_identical_for_a_seed_and_differs_across_seeds(tmp_path):
     first, again, other = (_pretrain(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
     assert hashlib.sha256(first).digest() == hashlib.sha256(again).digest()

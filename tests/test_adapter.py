@@ -132,6 +132,7 @@ def test_missing_or_truncated_files_give_one_line(tmp_path):
         load_adapter(tmp_path)
 
 
+@pytest.mark.multiprocess
 def test_loads_in_a_fresh_process_without_deepspeed_or_process_group(tmp_path):
     save_adapter(tmp_path, make_smop(), META)
     code = (

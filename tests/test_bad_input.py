@@ -213,6 +213,7 @@ def test_named_checkpoint_that_does_not_exist(tmp_path):
 
 # --- the entry point: exit code 2, one line, nothing overwritten ----------------------------------------
 
+@pytest.mark.multiprocess
 def test_entry_point_exit_code_and_nothing_overwritten(tmp_path, data_dir):
     out = tmp_path / "run"
     run_trainer(out, "train.max_steps=2", f"data.data_dir={data_dir}", "checkpoint.every=1")
@@ -225,6 +226,7 @@ def test_entry_point_exit_code_and_nothing_overwritten(tmp_path, data_dir):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
 
 
+@pytest.mark.multiprocess
 def test_entry_point_batch_that_does_not_divide_over_two_ranks(tmp_path):
     proc = run_trainer(tmp_path / "run", "train.global_batch_size=6", "train.micro_batch_size=2", nproc=2,
                        check=False)

@@ -15,6 +15,8 @@ from tools.bench import arm_spec
 from tools.bench_common import SIZES
 from tools.bench_worker import trainer_overrides
 
+pytestmark = pytest.mark.multiprocess
+
 FIGURES = ("step_time_s", "samples_per_s", "tokens_per_s", "peak_memory_bytes", "peak_memory_bytes_per_rank",
            "phases_s", "latency_s_per_example", "inference_flops_per_example", "train_flops_per_example", "mfu",
            "flops_source", "ratios")

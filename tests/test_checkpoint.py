@@ -13,6 +13,8 @@ from tests.launch import events, run_trainer
 from trainer.runtime.checkpoint import CheckpointError, find_latest, locate, verify
 from trainer.config import load_config
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):

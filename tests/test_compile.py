@@ -8,6 +8,8 @@ import pytest
 
 from tests.probes.step_probe import run_probe, write_ds_config
 
+pytestmark = pytest.mark.multiprocess
+
 SMALL = ["--steps", "2", "model.dropout=0", "model.tiny.num_layers=1"]
 # Inductor fuses and reorders the block's float32 arithmetic: the losses agree to float rounding, not bits.
 LOSS_RTOL = 1e-5

@@ -194,6 +194,7 @@ def test_bad_ds_configs(tmp_path):
         load_ds_config(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.multiprocess
 def test_readme_documents_every_config_key():
     import subprocess
     import sys

@@ -7,6 +7,8 @@ from safetensors.torch import load_file
 
 from tests.launch import events, run_trainer
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -13,6 +13,8 @@ from tests.launch import REPO, events, run_trainer
 from trainer.runtime.distributed import free_port
 from trainer.data.tokenizer import train_tokenizer
 
+pytestmark = pytest.mark.multiprocess
+
 
 def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
     proc = run_trainer(tmp_path, "train.eval_every=2", "monitor.plots=true", nproc=2, launcher="deepspeed")

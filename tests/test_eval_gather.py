@@ -9,6 +9,8 @@ import pytest
 
 from tests.launch import REPO, events, run_trainer
 
+pytestmark = pytest.mark.multiprocess
+
 FIXTURES = REPO / "tests" / "fixtures" / "superglue"
 TASKS = ["rte", "cb", "multirc", "record"]
 ARGS = ["model.dropout=0", "train.global_batch_size=8", f"data.data_dir={FIXTURES}", "data.max_eval_examples=0",

@@ -16,6 +16,8 @@ from trainer.data.readers import load_split
 from trainer.data.splits import paper_splits
 from trainer.data.tasks import get_task
 
+pytestmark = pytest.mark.multiprocess
+
 FIXTURES = REPO / "tests" / "fixtures" / "superglue"
 COMMON = ["model.dropout=0", "train.global_batch_size=8", f"data.data_dir={FIXTURES}", "data.max_eval_examples=0"]
 RANK_TASKS = ["rte", "cb", "multirc", "record"]

@@ -12,6 +12,8 @@ from tests.launch import run_trainer
 from trainer.inference.adapter import WEIGHTS, load_adapter
 from trainer.cli.run_files import backbone_config, read_run, run_tokenizer
 
+pytestmark = pytest.mark.multiprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -11,7 +11,7 @@ import torch
 from tests.launch import events, run_trainer
 from tests.probes.step_probe import run_probe, step_difference, write_ds_config
 
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.gpu, pytest.mark.multiprocess,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (tools/gpu_check.sh)")]
 
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per operation); through a 2-layer T5 the loss and the

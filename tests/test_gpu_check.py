@@ -12,6 +12,8 @@ import pytest
 
 from tests.launch import REPO
 
+pytestmark = pytest.mark.multiprocess
+
 ARMS = ["smop-4x5", "pt-100", "hf-peft-100", "bare", "smop-4x5-zero2"]
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from tests.launch import events, run_trainer
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed-hostfile", "deepspeed-no-ssh", "mpirun", "accelerate",
                                       "torchrun-module", "deepspeed-module"])

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "local_slurm.sh"
 NEEDED = ("sbatch", "srun", "scontrol", "squeue", "scancel", "slurmctld", "slurmd", "munged")

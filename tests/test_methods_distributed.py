@@ -6,6 +6,8 @@ from safetensors.torch import load_file
 
 from tests.launch import events, run_trainer
 
+pytestmark = pytest.mark.multiprocess
+
 COMMON = ["model.dropout=0", "train.global_batch_size=8", "train.max_steps=5"]
 
 

@@ -76,6 +76,7 @@ def test_a_task_without_training_examples_is_an_error():
         MixtureOrder([0, 0], [0.5, 0.5], 4, 0)
 
 
+@pytest.mark.multiprocess
 def test_stopped_and_resumed_mixture_run_equals_an_uninterrupted_one(tmp_path):
     """Real processes: the resumed run recomputes the task draws of steps 0..3 and carries on exactly."""
     fixtures = Path(__file__).parent / "fixtures" / "superglue"

@@ -30,6 +30,8 @@ from tests.test_resume import losses, max_param_diff
 from tests.test_slurm_templates import FINAL, wait_final
 from trainer.runtime.distributed import free_port
 
+pytestmark = pytest.mark.cluster
+
 PRESET = "configs/tiny.yaml"
 STEPS = 24   # enough that a signal or a kill after step 2 or 6 lands mid-run on a fast machine too
 # Explicit, so that the embedded default run may change freely; the sweep sets task, prompts and seed

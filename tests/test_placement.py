@@ -26,6 +26,7 @@ def test_weight_list_is_the_real_t5s(tied, gated):
         sorted(p.numel() for p in model.parameters())
 
 
+@pytest.mark.multiprocess
 def test_zero3_traffic_model_matches_two_rank_measurement(tmp_path):
     """Every weight use released at once (reuse distance and prefetch 0), two micro batches: the model must
     get each gather of the forward, of the backward and of the shared embedding right, within 10%."""

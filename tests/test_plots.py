@@ -157,6 +157,7 @@ def test_single_task_with_prompts_builds_its_one_row_table(tmp_path):
         read_png(path)
 
 
+@pytest.mark.multiprocess
 def test_cli_on_an_interrupted_run_before_any_eval(tmp_path):
     events = [{"event": "setup", "step": 0}] + [train_event(s, 4, True) for s in range(10, 40, 10)]
     run = write_metrics(tmp_path / "run", events)

@@ -11,6 +11,8 @@ from tests.launch import events, run_trainer, start_trainer, wait_for_step, work
 from trainer.runtime.checkpoint import verify
 from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE
 
+pytestmark = pytest.mark.multiprocess
+
 LONG = ["train.max_steps=20", "checkpoint.every=5"]
 
 

@@ -31,6 +31,7 @@ def stop_then_resume(out, first: list[str], then: list[str], nproc_first: int, n
     return run_trainer(out, *then, nproc=nproc_then)
 
 
+@pytest.mark.multiprocess
 def test_resume_same_world_is_exact_with_dropout(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "resumed"
     run_trainer(ref, *STEPS)  # model.dropout unset: T5's 0.1, so the restored RNG matters
@@ -52,6 +53,7 @@ def two_rank_reference(tmp_path_factory):
     return ref
 
 
+@pytest.mark.multiprocess
 def test_resume_two_ranks_on_one(tmp_path, two_rank_reference):
     out = tmp_path / "run"
     proc = stop_then_resume(out, STEPS + NO_DROPOUT, STEPS + ["model.dropout=0"], 2, 1)
@@ -65,6 +67,7 @@ def test_resume_two_ranks_on_one(tmp_path, two_rank_reference):
     assert max_param_diff(two_rank_reference, out) <= 1e-5
 
 
+@pytest.mark.multiprocess
 def test_resume_one_rank_on_two(tmp_path, two_rank_reference):
     out = tmp_path / "run"
     # One rank, global batch 8 from accumulation (global_batch_size unset); resumed on 2 ranks it is kept.
@@ -79,6 +82,7 @@ def test_resume_one_rank_on_two(tmp_path, two_rank_reference):
     assert max_param_diff(two_rank_reference, out) <= 1e-5
 
 
+@pytest.mark.multiprocess
 def test_fresh_and_named_checkpoint(tmp_path):
     out = tmp_path / "run"
     run_trainer(out, *STEPS)

@@ -14,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from tests.launch import REPO, TINY, events
 from tests.test_local_slurm import TIMINGS, job_info, run, slurm  # noqa: F401  (slurm: the cluster fixture)
+
+pytestmark = pytest.mark.cluster
 
 TEMPLATE = REPO / "slurm" / "smop_t5xl.sh"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

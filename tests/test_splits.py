@@ -74,6 +74,7 @@ def test_hub_paper_splits_carve_the_hub_rows(monkeypatch):
     assert len(splits.train.examples) == 18 and [ex.target for ex in splits.test.examples] == ["not_entailment"]
 
 
+@pytest.mark.multiprocess
 def test_entry_point_reports_an_unreachable_hub_in_one_line(tmp_path):
     proc = run_trainer(tmp_path, "data.source=hub", check=False,
                        env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})

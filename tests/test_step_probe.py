@@ -4,6 +4,7 @@ reads a device value on the host (the guard's flags and the non-finite skip stay
 On the CPU a Python-level read (bool/item/tolist/float/int of a tensor) stands in for a device wait; the
 recorder (tests/probes/step_probe.py) attributes each read to the innermost code outside torch.
 """
+import pytest
 import torch
 
 from tests.probes.step_probe import HostReads, run_probe, step_difference, write_ds_config
@@ -46,6 +47,7 @@ def test_recorder_attributes_reads_to_the_code_that_makes_them():
     assert found and all(r["origin"] == "trainer" and r["via"].startswith("optim/") for r in found)
 
 
+@pytest.mark.multiprocess
 def test_training_steps_with_skips_make_no_trainer_host_reads(tmp_path):
     """4 steps of the real train_step under ZeRO-3, lr 1e30 with the default clipping: step 2's update
     overflows, steps 3 and 4 are non-finite and skipped on the device. The only trainer-side reads allowed
@@ -59,6 +61,7 @@ def test_training_steps_with_skips_make_no_trainer_host_reads(tmp_path):
     print("\nhost reads made by libraries inside steps 2-4:", *libraries, sep="\n  ")
 
 
+@pytest.mark.multiprocess
 def test_bf16_step_within_the_gpu_tests_tolerance_of_fp32_on_cpu(tmp_path):
     """test_gpu's comparison, run on the CPU: from the same start, a ZeRO-3 step with a bf16 backbone (fp32
     SMoP) stays within the tolerances test_gpu asserts for CUDA of a replicated fp32 step."""
