@@ -34,7 +34,8 @@ if ((${#missing[@]})); then
     elif command -v sudo >/dev/null; then
         step sudo bash tools/local_slurm.sh install
     else
-        echo "test.sh: error: ${missing[*]} missing and no root or sudo here; as root run: bash $repo/tools/local_slurm.sh install" >&2
+        echo "test.sh: error: ${missing[*]} missing and no root or sudo here;" \
+             "as root run: bash $repo/tools/local_slurm.sh install" >&2
         exit 1
     fi
 fi
