@@ -2,6 +2,7 @@
 determinism of tools/pretrain_tiny.py."""
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,16 +66,22 @@ def test_reduced_benchmark_learns_and_smop_does_not_collapse(tmp_path):
     assert image.shape[:2] == (600, 1400) and image[..., :3].std() > 0.05
 
 
-def _pretrain(out: Path, seed: int) -> bytes:
+def _pretrain(out: Path, seed: int) -> tuple[bytes, list[str]]:
+    """The weights a fresh process writes, and the losses it logged (steps 0 and 29)."""
     cmd = [sys.executable, "-m", "tools.pretrain_tiny", "--out", str(out), "--seed", str(seed),
            "--steps", "30", "--batch", "8", "--d-model", "16", "--layers", "1", "--threads", "1"]
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
-    return (out / "model.safetensors").read_bytes()
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=REPO)
+    return (out / "model.safetensors").read_bytes(), re.findall(r"step \d+: loss (\S+)", proc.stdout)
 
 
 @pytest.mark.multiprocess
 def test_pretraining_is_bit_identical_for_a_seed_and_differs_across_seeds(tmp_path):
-    first, again, other = (_pretrain(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    (first, losses), (again, losses_again), (other, _) = (_pretrain(tmp_path / name, seed)
+                                                          for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    # The steps trained (the loss fell), so the equal bytes below cover training, not only the initial weights.
+    assert len(losses) == 2 and float(losses[1]) < float(losses[0]), losses
+    assert losses_again == losses
     assert hashlib.sha256(first).digest() == hashlib.sha256(again).digest()
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
     assert first != other
