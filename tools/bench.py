@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-tokens", type=int, help="tokens generated per example for the latency")
     p.add_argument("--out", default="runs/bench", help="directory for bench.json and per-arm logs")
     p.add_argument("--arm-timeout", type=int, default=3600, help="seconds before an arm is killed")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="arms run at once; above 1 they share the machine, so their figures do not compare: "
+                        "only to check that the arms run (tools/gpu_check.sh --dry-run)")
     p.add_argument("--override", action="append", default=[], help="trainer key=value for the trainer arms")
     return p.parse_args(argv)
 
@@ -287,19 +291,25 @@ def main(argv=None) -> int:
     if args.baseline not in names:
         print(f"error: --baseline {args.baseline} is not among --arms", file=sys.stderr)
         return 2
-    results = {}
-    for name in names:
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_arm(arm_spec(name, args, size, on_gpu, out), nproc, env, args.arm_timeout, out)
-        if results[name].get("status") == "ok":
-            add_flops(results[name], size, peak)
-        print(f"[bench] {name}: {results[name].get('status')} ({results[name].get('wall_s')} s)",
-              file=sys.stderr, flush=True)
+    specs = [arm_spec(name, args, size, on_gpu, out) for name in names]  # here: they may write shared files
+
+    def bench_arm(spec: dict) -> dict:
+        print(f"[bench] {spec['arm']} ...", file=sys.stderr, flush=True)
+        result = run_arm(spec, nproc, env, args.arm_timeout, out)
+        if result.get("status") == "ok":
+            add_flops(result, size, peak)
+        print(f"[bench] {spec['arm']}: {result.get('status')} ({result.get('wall_s')} s)", file=sys.stderr,
+              flush=True)
+        return result
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # a thread per running arm, waiting on its processes
+        results = dict(zip(names, pool.map(bench_arm, specs)))
     add_ratios(results, args.baseline)
     heads = headline(results, device, args.size)
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "argv": sys.argv, "size": args.size,
             "shape": as_dict(size), "seq_len": size.seq_len, "target_len": size.target_len,
-            "micro_batch": size.micro_batch, "lengths": args.lengths, "nproc": nproc, "baseline": args.baseline,
+            "micro_batch": size.micro_batch, "lengths": args.lengths, "nproc": nproc, "jobs": args.jobs,
+            "baseline": args.baseline,
             "device": device,
             "matmul_peak_flops": peak, "versions": versions(), "git_revision": git_revision(),
             "settings": {k: getattr(args, k) for k in ("warmup", "steps", "phase_steps", "infer_repeats")},

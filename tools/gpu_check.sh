@@ -16,7 +16,7 @@
 #                with bf16.enabled=true, one rank per GPU; --train-overrides adds key=value overrides
 #   6. report    DIR/gpu_check.json and the table (DIR/gpu_check.txt), DIR/logs.tar.gz of everything
 # --dry-run runs every step the CPU can run, small: the install into DIR/raw/site (no PYTHONPATH change),
-# the GPU tests (they skip), 2 training steps on one rank, the bench arms at tiny shapes on one rank.
+# the GPU tests (they skip), 2 training steps on one rank, the bench arms at tiny shapes on one rank, two at a time.
 # tests/test_gpu_check.py runs it, so the script is exercised before any GPU is at hand.
 # --pack removes DIR/raw after packing it into logs.tar.gz (for a device tool that returns few files).
 set -uo pipefail
@@ -118,10 +118,11 @@ sed 's/^/    /' "$raw/install.log" | tail -n 3 >&2
 # 2. env
 run_step env 60 $py -m tools.gpu_check env "$raw/env.json"
 
-# 3. the speed goals' arms (dry run: tiny shapes, one rank, two timed steps)
+# 3. the speed goals' arms (dry run: tiny shapes, one rank, two timed steps, two arms at a time: it checks
+#    that every arm runs, not what the shared CPU measures)
 if [ $dry -eq 1 ]; then
   bench_args=(--size tiny --nproc 1 --seq-len 16 --target-len 4 --micro-batch 2 --warmup 1 --steps 2
-              --phase-steps 1 --infer-repeats 1 --gen-tokens 2 --arm-timeout 60)
+              --phase-steps 1 --infer-repeats 1 --gen-tokens 2 --arm-timeout 60 --jobs 2)
 else
   bench_args=(--size "$size" --warmup 3 --steps 10 --phase-steps 2 --infer-repeats 2 --arm-timeout 120)
 fi
@@ -136,8 +137,10 @@ $py -m tools.gpu_check train-ds-config "$raw/train_ds_config.json" > "$raw/train
 nproc=$($py -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
 train_small=""
 [ $dry -eq 1 ] && { nproc=1; train_small="train.max_steps=2 train.eval_every=0 data.max_eval_examples=16 eval.batch_size=8"; }
+# A port free now (trainer.runtime.distributed.free_port's recipe, without importing DeepSpeed for it).
+port=$($py -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # shellcheck disable=SC2086  # overrides are whitespace-separated key=value words
-run_step train 60 $py -m torch.distributed.run --nproc_per_node "$nproc" --master_port $((20000 + RANDOM % 20000)) \
+run_step train 60 $py -m torch.distributed.run --nproc_per_node "$nproc" --master_port "$port" \
   trainer/main.py "ds_config=$raw/train_ds_config.json" "output_dir=$raw/train" overwrite=true $train_small $train_overrides
 
 # 6. report
