@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -64,24 +65,46 @@ def test_single_process_exit_code_is_requeue(tmp_path):
     assert [p.name for p in (out / "checkpoints").glob("step-*")] == [f"step-{stopped_steps(stderr)[0]:06d}"]
 
 
-@pytest.mark.parametrize("sig, timeout", [(signal.SIGKILL, 60), (signal.SIGSTOP, 15)])
-def test_dead_or_hung_rank_ends_the_job(tmp_path, sig, timeout):
-    """kill -9: torchrun sees the death and the survivor's collective fails at once. SIGSTOP (a hung rank):
-    the survivor's collective times out after collective_timeout_s, then torchrun tears the rest down."""
-    out = tmp_path / "run"
-    proc = start_trainer(out, "train.max_steps=100000", f"collective_timeout_s={timeout}", nproc=2)
-    wait_for_step(out, 2, proc)
-    victim = worker_pids(proc.pid)[1]
-    started = time.time()
-    os.kill(victim, sig)
+def signal_rank_1(out, sig: signal.Signals, collective_timeout_s: int) -> tuple:
+    """Start a long 2-rank job and send `sig` to rank 1 once step 2 is logged: (launcher, when it was sent)."""
+    proc = start_trainer(out, "train.max_steps=100000", f"collective_timeout_s={collective_timeout_s}", nproc=2)
+    try:
+        wait_for_step(out, 2, proc)
+        os.kill(worker_pids(proc.pid)[1], sig)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, time.time()
+
+
+def job_end(proc, signalled: float) -> tuple[int, float]:
+    """(exit code, seconds from the signal to the launcher's exit)."""
     try:
         proc.communicate(timeout=150)
     finally:
         if proc.poll() is None:
             proc.kill()
-    elapsed = time.time() - started
-    print(f"\n{sig.name} to rank 1: job ended with exit {proc.returncode} after {elapsed:.1f} s")
-    assert proc.returncode != 0 and elapsed <= 120
+    return proc.returncode, time.time() - signalled
+
+
+@pytest.fixture(scope="module")
+def dead_and_hung(tmp_path_factory) -> dict:
+    """{signal: job_end} for rank 1 killed (SIGKILL) and hung (SIGSTOP). The hung job mostly waits (the
+    collective timeout, then torchrun's 30 s grace before it SIGKILLs the stopped worker), so the killed
+    job runs during that wait rather than after it."""
+    with ThreadPoolExecutor(1) as waiter:
+        hung = waiter.submit(job_end, *signal_rank_1(tmp_path_factory.mktemp("hung"), signal.SIGSTOP, 15))
+        dead = job_end(*signal_rank_1(tmp_path_factory.mktemp("dead"), signal.SIGKILL, 60))
+        return {signal.SIGKILL: dead, signal.SIGSTOP: hung.result()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_dead_or_hung_rank_ends_the_job(dead_and_hung, sig):
+    """kill -9: torchrun sees the death and the survivor's collective fails at once. SIGSTOP (a hung rank):
+    the survivor's collective times out after collective_timeout_s, then torchrun tears the rest down."""
+    returncode, elapsed = dead_and_hung[sig]
+    print(f"\n{sig.name} to rank 1: job ended with exit {returncode} after {elapsed:.1f} s")
+    assert returncode != 0 and elapsed <= 120
 
 
 def test_nonfinite_steps_skipped_then_stop_with_last_good_checkpoint_intact(tmp_path):
