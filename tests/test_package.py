@@ -50,6 +50,7 @@ def installed(tmp_path_factory):
     return wheel, tmp / "site"
 
 
+@pytest.mark.multiprocess
 def test_wheel_carries_presets_ds_configs_assets_and_console_scripts(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -68,6 +69,7 @@ def test_wheel_carries_presets_ds_configs_assets_and_console_scripts(installed):
     assert set(PYPROJECT["project"]["scripts"]) == set(COMMANDS)
 
 
+@pytest.mark.multiprocess
 def test_installed_package_resolves_shipped_files_and_trains_from_any_directory(installed, tmp_path):
     _, site = installed
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # the checkout is not on the path
@@ -111,6 +113,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.multiprocess
 def test_every_command_answers_help():
     """Each console script's entry point and each `python -m` form (`python -m trainer` among them), all in one
     process: they spend their seconds importing torch and DeepSpeed. The installed `smop-train`, when on PATH,

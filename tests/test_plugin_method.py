@@ -7,6 +7,7 @@ trainer's own entry point, which is what a user's launcher script does:
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -56,6 +57,7 @@ def test_the_registry_accepts_the_plug_in_in_process():
     assert prompts.shape == (2, 3, 16) and routing.weights.shape == (2, 1)
 
 
+@pytest.mark.multiprocess
 def test_a_plug_in_method_trains_3_steps_on_2_ranks_like_on_1(tmp_path):
     import os
     import subprocess
