@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,35 @@ FIGURES = ("step_time_s", "samples_per_s", "tokens_per_s", "peak_memory_bytes", 
            "flops_source", "ratios")
 
 
-def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path):
-    seq_len, target_len = 16, 8
-    cmd = [sys.executable, "-m", "tools.bench", "--size", "tiny", "--arms", "smop-4x5,bare,full-ft", "--baseline", "smop-4x5",
-           "--warmup", "1", "--steps", "2", "--phase-steps", "1", "--infer-repeats", "1", "--gen-tokens", "2",
-           "--seq-len", str(seq_len), "--target-len", str(target_len), "--micro-batch", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+SEQ_LEN, TARGET_LEN, VARIED_TARGET_LEN = 16, 8, 4
+RUNS = {  # the arguments of the two benchmark runs this module checks
+    "fixed": ["--arms", "smop-4x5,bare,full-ft", "--baseline", "smop-4x5", "--warmup", "1", "--steps", "2",
+              "--phase-steps", "1", "--infer-repeats", "1", "--gen-tokens", "2", "--seq-len", str(SEQ_LEN),
+              "--target-len", str(TARGET_LEN), "--micro-batch", "2"],
+    "varied": ["--arms", "smop-4x5,smop-4x5-grouped", "--lengths", "varied", "--baseline", "smop-4x5",
+               "--warmup", "1", "--steps", "4", "--phase-steps", "1", "--infer-repeats", "0", "--seq-len", "64",
+               "--target-len", str(VARIED_TARGET_LEN), "--micro-batch", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    """{name: (finished `python -m tools.bench` process, its --out directory)} for RUNS, started together:
+    each is mostly its arms' start-up, one after another, whose single-threaded parts leave a core idle."""
+    outs = {name: tmp_path_factory.mktemp(name) for name in RUNS}
+    with ThreadPoolExecutor(len(RUNS)) as pool:
+        procs = {name: pool.submit(subprocess.run, [sys.executable, "-m", "tools.bench", "--size", "tiny", *args,
+                                                    "--out", str(outs[name])],
+                                   cwd=REPO, capture_output=True, text=True, timeout=300)
+                 for name, args in RUNS.items()}
+        return {name: (procs[name].result(), outs[name]) for name in RUNS}
+
+
+def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(bench):
+    seq_len, target_len = SEQ_LEN, TARGET_LEN
+    proc, out = bench["fixed"]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "bench.json").read_text())
+    report = json.loads((out / "bench.json").read_text())
     for key in ("command", "versions", "device", "git_revision", "baseline", "targets"):
         assert key in report, key
     assert report["versions"]["torch"] and report["versions"]["deepspeed"] and report["device"]["type"] == "cpu"
@@ -65,16 +87,12 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(tmp_path)
     assert "ratio to smop-4x5" in proc.stdout
 
 
-def test_bench_varied_lengths_grouped_arm_pads_less(tmp_path):
+def test_bench_varied_lengths_grouped_arm_pads_less(bench):
     """--lengths varied: real tokens and the mean step time make the throughput; -grouped pads less."""
-    target_len = 4
-    cmd = [sys.executable, "-m", "tools.bench", "--size", "tiny", "--arms", "smop-4x5,smop-4x5-grouped", "--lengths",
-           "varied", "--baseline", "smop-4x5", "--warmup", "1", "--steps", "4", "--phase-steps", "1",
-           "--infer-repeats", "0", "--seq-len", "64", "--target-len", str(target_len), "--micro-batch", "2",
-           "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    target_len = VARIED_TARGET_LEN
+    proc, out = bench["varied"]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "bench.json").read_text())
+    report = json.loads((out / "bench.json").read_text())
     plain, grouped = report["arms"]["smop-4x5"], report["arms"]["smop-4x5-grouped"]
     assert report["lengths"] == "varied" and (plain["group_by_length"], grouped["group_by_length"]) == (0, 50)
     for arm in (plain, grouped):
