@@ -27,7 +27,7 @@ _running_lane = None  # the lane of the test being set up, run or torn down; Non
 
 
 def lane_of(item) -> str:
-    """The one lane `item` carries (its own mark, else its module's), `unit` when it carries none."""
+    """The one lane `item` carries (marked on the test or on its module), `unit` when it carries none."""
     lanes = {mark.name for mark in item.iter_markers() if mark.name in LANES}
     if len(lanes) > 1:
         raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(lanes))}: a test belongs to "
