@@ -11,6 +11,7 @@ from pathlib import Path
 from trainer.runtime.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "superglue"  # official-layout SuperGLUE samples
 MAIN = str(REPO / "trainer" / "main.py")
 
 # A random 2-layer d=32 T5 on the shipped RTE data and a handful of steps (the SuperGLUE smoke run, shrunk):

@@ -12,9 +12,8 @@ import pytest
 
 from tools import accuracy_bench
 from tools import accuracy_report
-from trainer.monitor.flops import T5Shape, method_flops
+from tests.launch import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_collapse_verdict_counts_distinct_majority_prompts():

@@ -2,7 +2,7 @@
 CUDA events in the guard, fused AdamW, synced_gpus generation, checkpoint/resume with the CUDA RNG.
 
 Marked `gpu` and skipped without CUDA; tools/gpu_check.sh runs them on a GPU machine
-(`python -m pytest -m gpu tests`). Their CPU twins, in tests/test_step_probe.py, run the same probe and
+(`python -m pytest -m gpu tests`). Their CPU twins, in tests/runtime/test_step_probe.py, run the same probe and
 comparisons on the CPU: the bf16-vs-fp32 tolerance, the host-read recorder, the trainer's own reads.
 """
 import pytest

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.launch import REPO as ROOT
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "local_slurm.sh"
 NEEDED = ("sbatch", "srun", "scontrol", "squeue", "scancel", "slurmctld", "slurmd", "munged")
 TIMINGS: dict[str, float] = {}

@@ -26,7 +26,7 @@ import pytest
 
 from tests.launch import MAIN, REPO, TINY, events
 from tests.test_local_slurm import SCRIPT, TIMINGS, job_info, local_cluster, run
-from tests.test_resume import losses, max_param_diff
+from tests.runtime.test_resume import losses, max_param_diff
 from tests.test_slurm_templates import FINAL, wait_final
 from trainer.runtime.distributed import free_port
 
@@ -39,7 +39,7 @@ STEPS = 24   # enough that a signal or a kill after step 2 or 6 lands mid-run on
 COMMON = [*TINY, "model.dropout=0", "train.global_batch_size=16", f"train.max_steps={STEPS}",
           "checkpoint.every=4", "data.task=rte", "prompt.num_prompts=4", "seed=42", "collective_timeout_s=60"]
 HOSTS = ["node1", "node1", "node2", "node2"]   # rank order: Slurm and the launchers fill node1 first
-TOL = 1e-5   # 4 ranks vs 1 with accumulation: only the float summation order differs (tests/test_resume.py)
+TOL = 1e-5   # 4 ranks vs 1 with accumulation: only the float summation order differs (tests/runtime/test_resume.py)
 # The final prompts drift further: 24 AdamW steps at lr 0.3 amplify summation-order differences in near-zero
 # gradient components (measured max |dparam| 2.6e-5 on prompts of magnitude up to 5.3, router 9e-8).
 PARAM_TOL = 1e-4

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.launch import REPO
+
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Each console script, the module `python -m` runs for it, and an option its --help must name.
 COMMANDS = {"smop-train": ("trainer", "--config"), "smop-predict": ("trainer.cli.predict", "--backbone"),

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.launch import REPO
 
 pytestmark = pytest.mark.multiprocess
 
-REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("slurmctld", "slurmd", "sbatch", "munged", "mpirun", "mpicc", "ip")
 INSTALL = "bash tools/local_slurm.sh install"
 PIP = "would run: env DS_BUILD_OPS=0 python -m pip install -q -e .[test]"

@@ -40,7 +40,7 @@ def main(spec: dict) -> None:
     dist = distributed.init()
     run = build_run(inputs, dist)
     if spec.get("eager_attention"):
-        # transformers runs T5 attention through SDPA by default (exact: tests/test_backbone.py); eager is the
+        # transformers runs T5 attention through SDPA by default (exact: tests/runtime/test_backbone.py); eager is the
         # before-figure of that speed item.
         run.model.backbone.set_attn_implementation("eager")
     varied = spec.get("lengths") == "varied"

@@ -85,7 +85,7 @@ METHODS: dict[str, MethodSpec] = {}
 def register(name: str, **spec) -> Callable:
     """Decorator registering a builder as method `name` (`prompt.method=name`); keyword args: MethodSpec's."""
     def add(build: Callable) -> Callable:
-        if name in METHODS:
+        if name in registered():  # the shipped entries first, so a plug-in can never take their names
             raise ValueError(f"method '{name}' is registered twice")
         METHODS[name] = MethodSpec(build, **spec)
         return build

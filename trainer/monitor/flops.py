@@ -2,7 +2,7 @@
 
 Counted: 2 x the multiply-accumulates of every matrix product (projections, attention scores and
 weighted sums, feed-forward, the output layer), which is what `torch.utils.flop_counter` counts too
-(tests/test_flops.py compares the two on a real model). Not counted: layer norms, softmax, activations,
+(tests/monitor/test_flops.py compares the two on a real model). Not counted: layer norms, softmax, activations,
 residual adds, embedding lookups and position biases, all O(n * d) and under 1% at T5 sizes.
 
 The decoder is counted teacher-forced over the `target_len` tokens (rank classification; greedy decoding

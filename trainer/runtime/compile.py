@@ -11,7 +11,7 @@ forward instead of by hooks on every linear layer inside it, which would break t
 
 Dropout inside a compiled block draws from Inductor's random stream, not eager PyTorch's: with dropout on,
 a compiled run is as valid as an eager one but not the same run. With dropout off the losses agree to
-float rounding (tests/test_compile.py). See docs/benchmarks.md for what it costs and gains.
+float rounding (tests/runtime/test_compile.py). See docs/benchmarks.md for what it costs and gains.
 """
 from __future__ import annotations
 

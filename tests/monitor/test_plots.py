@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import matplotlib.image
 import matplotlib.pyplot as plt
@@ -11,8 +10,8 @@ import pytest
 
 from trainer.cli import plot as plot_command
 from trainer.monitor.plots import DPI, FIGSIZE, eval_table, read_events, write_plots
+from tests.launch import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = FIGSIZE[1] * DPI, FIGSIZE[0] * DPI
 TASKS = ("copy", "reverse")
 

@@ -3,13 +3,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tests.launch import REPO as ROOT
 
 pytestmark = pytest.mark.multiprocess
 
-ROOT = Path(__file__).parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "superglue"
 
 

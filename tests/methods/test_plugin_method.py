@@ -3,7 +3,7 @@
 This file is both the test and the plug-in: run as a script it registers `toy` and hands over to the
 trainer's own entry point, which is what a user's launcher script does:
 
-    torchrun --nproc_per_node 2 tests/test_plugin_method.py prompt.method=toy ...
+    torchrun --nproc_per_node 2 tests/methods/test_plugin_method.py prompt.method=toy ...
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 the run dir."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +10,10 @@ from safetensors.torch import load_file, save_file
 from tests.launch import run_trainer
 from trainer.inference.adapter import WEIGHTS, load_adapter
 from trainer.cli.run_files import backbone_config, read_run, run_tokenizer
+from tests.launch import REPO as ROOT
 
 pytestmark = pytest.mark.multiprocess
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

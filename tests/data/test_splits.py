@@ -1,7 +1,6 @@
 """Run splits (official / paper), the paper's dev carving, per-task caps, and the hub path's one-line failure."""
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,8 @@ from trainer.config import DataConfig, DataSource, Splits
 from trainer.data.readers import load_split
 from trainer.data.splits import carve_dev, load_splits, paper_splits
 from trainer.data.tasks import get_task
+from tests.launch import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 
 
 def test_official_splits_of_the_embedded_data():

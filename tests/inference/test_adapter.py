@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ from transformers import T5Config
 
 from trainer.inference.adapter import CONFIG, WEIGHTS, config_hash, load_adapter, save_adapter
 from trainer.methods.smop import SMoP
+from tests.launch import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**changes) -> T5Config:

@@ -18,10 +18,10 @@ from trainer.runtime.distributed import free_port
 from trainer.methods.smop import SMoP
 from trainer.data.readers import load_split
 from trainer.data.tasks import get_task
+from tests.launch import REPO as ROOT
 
 pytestmark = pytest.mark.multiprocess
 
-ROOT = Path(__file__).resolve().parents[1]
 PREDICT = "trainer.cli.predict"  # run as a module from ROOT: the checkout under test
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -1,13 +1,12 @@
 """Metric values computed by hand on small cases (all metrics are on the 0-100 scale)."""
-from pathlib import Path
 
 import pytest
 
 from trainer.data.metrics import idx_key, normalize, score, superglue_average, token_f1
 from trainer.data.readers import load_split
 from trainer.data.tasks import Example, get_task
+from tests.launch import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 CB = get_task("cb")
 E, C, N = 0, 1, 2  # CB label indices: entailment, contradiction, neutral
 

@@ -1,6 +1,5 @@
 """Task mixtures: sampling rates, and a batch order that is a pure function of (seed, step)."""
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -8,6 +7,7 @@ from tests.launch import events, run_trainer
 from trainer.config import DataConfig, Mixing
 from trainer.data.batch import Encoded, LengthGroupedOrder, TrainOrder
 from trainer.data.mixture import MixtureOrder, build_order, mixing_rates
+from tests.launch import FIXTURES
 
 
 def test_rates_proportional_and_temperature():
@@ -79,7 +79,7 @@ def test_a_task_without_training_examples_is_an_error():
 @pytest.mark.multiprocess
 def test_stopped_and_resumed_mixture_run_equals_an_uninterrupted_one(tmp_path):
     """Real processes: the resumed run recomputes the task draws of steps 0..3 and carries on exactly."""
-    fixtures = Path(__file__).parent / "fixtures" / "superglue"
+    fixtures = FIXTURES
     args = ["train.max_steps=6", "checkpoint.every=2", "model.dropout=0", "data.task=rte,cb,copa",
             f"data.data_dir={fixtures}", "data.mixing=temperature", "data.temperature=3"]
     ref, out = tmp_path / "ref", tmp_path / "resumed"

@@ -2,14 +2,13 @@
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
 from trainer.data.readers import load_hub_split, load_split, read_jsonl
 from trainer.data.tasks import TASKS, Example, get_task
+from tests.launch import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 SUPERGLUE = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"]
 
 

@@ -5,8 +5,8 @@ import pytest
 
 from trainer.data.readers import load_split
 from trainer.data.tasks import Example, get_task
+from tests.launch import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "superglue"
 
 
 def test_test_split_without_labels(tmp_path):
