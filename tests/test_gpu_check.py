@@ -59,7 +59,7 @@ def test_dry_run_runs_every_cpu_step_and_reports(tmp_path):
     assert train["steps"] == 2 and train["backbone_dtype"] == "bfloat16" and train["adapter_written"]
     ds = json.loads((out / "raw" / "train_ds_config.json").read_text())
     assert ds["bf16"]["enabled"] is True
-    # the arms: the trainer's all measured; HF+PEFT measured where peft is installed (requirements-bench.txt)
+    # the arms: the trainer's all measured; HF+PEFT measured where peft is installed (the bench extra)
     arms = report["bench"]["arms"]
     assert list(arms) == ARMS and report["bench"]["baseline"] == "pt-100"
     for name in ("smop-4x5", "pt-100", "bare", "smop-4x5-zero2"):

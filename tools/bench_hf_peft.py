@@ -4,7 +4,7 @@
 
 Same backbone shape (the trainer's own T5Config for the size, random weights), same synthetic fixed-length
 rows, same ZeRO stage and precision (the arm's ds_config, batch keys filled), same optimiser (AdamW, lr 0.3,
-clip 1.0, linear schedule). PEFT is a benchmark-only dependency (requirements-bench.txt).
+clip 1.0, linear schedule). PEFT is a benchmark-only dependency (`pip install -e ".[bench]"`).
 Step times come from a TrainerCallback (on_step_begin/on_step_end, synced); HF Trainer runs forward,
 backward and the DeepSpeed step inside one `training_step`, so no phase split is reported for this arm.
 """
