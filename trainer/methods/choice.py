@@ -8,7 +8,8 @@ import enum
 
 
 class Choice(str, enum.Enum):
-    """Subclass with a docstring saying what is chosen; `Name("value")` accepts the value itself."""
+    """Subclass with a docstring that starts by naming what is chosen, up to a colon ("routing variant: ...");
+    those words name it in the error. `Name("value")` accepts the value itself."""
 
     @classmethod
     def _missing_(cls, value):

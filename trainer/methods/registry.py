@@ -4,7 +4,8 @@ A method is a registry entry (`MethodSpec`) whose `build` returns the module tha
 `PromptedT5`. SMoP, prompt tuning, P-tuning, IAPT and full fine-tuning are the shipped entries
 (trainer/methods/builtin.py); a new one is a module with the `PromptMethod` shape and one `register` call
 (README "Adding a method"). The trainer, `smop-export`, adapter loading and `smop-predict` all build through
-`build_method`, so no other code names a method.
+`build_method`: nothing else constructs a method (trainer/monitor/flops.py knows the shipped ones' analytic
+cost by name, and has none for a plug-in).
 
 Builders receive the run config's `prompt` section and the backbone's `T5Config` (duck-typed: this package
 imports neither trainer.config nor the distributed runtime).
