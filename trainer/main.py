@@ -30,7 +30,7 @@ from trainer.monitor.monitor import CollapseDetector, Monitor
 from trainer.monitor.provenance import write_run_files
 from trainer.monitor.report import describe, print_result
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.runtime import distributed, resume
+from trainer.runtime import checkpoint, distributed, resume
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         dist = distributed.init(inputs.cfg.collective_timeout_s / 60)
         found = resume.plan(inputs.cfg, dist)
         run = build_run(inputs, dist)
-        resume.restore(run, found)
+        checkpoint.restore(run, found)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         distributed.destroy()  # a no-op before init; after it, a clean exit for gloo's threads

@@ -128,8 +128,3 @@ def fit_batch(cfg: RunConfig, meta: dict, world: int) -> list[str]:
         notes.append(f"global batch {kept} kept: micro {micro} x accumulation {kept // (micro * world)} "
                      f"x world {world} (was {meta['micro_batch']} x {meta['accum_steps']} x {meta['world_size']})")
     return notes
-
-
-def restore(run, found: checkpoint.Resume | None) -> None:
-    """When continuing, give `run` the checkpoint's state."""
-    checkpoint.restore(run, found)
