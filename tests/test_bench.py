@@ -25,7 +25,7 @@ FIGURES = ("step_time_s", "samples_per_s", "tokens_per_s", "peak_memory_bytes", 
 
 SEQ_LEN, TARGET_LEN, VARIED_TARGET_LEN = 16, 8, 4
 RUNS = {  # the arguments of the two benchmark runs this module checks
-    "fixed": ["--arms", "smop-4x5,bare,full-ft", "--baseline", "smop-4x5", "--warmup", "1", "--steps", "2",
+    "fixed": ["--arms", "smop-4x5,bare,full-ft,hf-peft-20", "--baseline", "smop-4x5", "--warmup", "1", "--steps", "2",
               "--phase-steps", "1", "--infer-repeats", "1", "--gen-tokens", "2", "--seq-len", str(SEQ_LEN),
               "--target-len", str(TARGET_LEN), "--micro-batch", "2"],
     "varied": ["--arms", "smop-4x5,smop-4x5-grouped", "--lengths", "varied", "--baseline", "smop-4x5",
@@ -57,6 +57,11 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(bench):
     assert report["versions"]["torch"] and report["versions"]["deepspeed"] and report["device"]["type"] == "cpu"
     arms = report["arms"]
     assert arms["full-ft"]["status"] == "ok"
+    # Hugging Face Trainer + PEFT prompt tuning, the comparison of the speed goals: measured, never excused
+    peft = arms["hf-peft-20"]
+    assert peft["status"] == "ok", peft
+    assert peft["trainable_params"] == 20 * 128 and peft["samples_per_s"] > 0 and peft["latency_s_per_example"] > 0
+    assert peft["ratios"]["samples_per_s"] == pytest.approx(peft["samples_per_s"] / arms["smop-4x5"]["samples_per_s"])
     base = arms["smop-4x5"]
     for name in ("smop-4x5", "bare"):
         arm = arms[name]
@@ -82,7 +87,7 @@ def test_bench_tiny_two_arms_writes_every_figure_and_consistent_ratios(bench):
     assert bare["trainer_overhead_paired"] == pytest.approx(bare["paired_trainer_step_s"] / bare["paired_bare_step_s"] - 1)
     overhead = next(t for t in report["targets"] if t["target"].startswith("trainer overhead"))
     assert overhead["value"] == pytest.approx(bare["trainer_overhead_paired"])
-    for name in ("smop-4x5", "bare", "full-ft"):
+    for name in ("smop-4x5", "bare", "full-ft", "hf-peft-20"):
         assert name in proc.stdout
     assert "ratio to smop-4x5" in proc.stdout
 

@@ -59,15 +59,15 @@ def test_dry_run_runs_every_cpu_step_and_reports(tmp_path):
     assert train["steps"] == 2 and train["backbone_dtype"] == "bfloat16" and train["adapter_written"]
     ds = json.loads((out / "raw" / "train_ds_config.json").read_text())
     assert ds["bf16"]["enabled"] is True
-    # the arms: the trainer's all measured; HF+PEFT measured where peft is installed (the bench extra)
+    # the arms, HF Trainer + PEFT included (the test command installs peft): every one measured
     arms = report["bench"]["arms"]
     assert list(arms) == ARMS and report["bench"]["baseline"] == "pt-100"
-    for name in ("smop-4x5", "pt-100", "bare", "smop-4x5-zero2"):
+    for name in ARMS:
         assert arms[name]["status"] == "ok", (name, arms[name])
         assert arms[name]["ratios"]["samples_per_s"] == pytest.approx(
             arms[name]["samples_per_s"] / arms["pt-100"]["samples_per_s"])
-    peft = arms["hf-peft-100"]
-    assert peft["status"] == "ok" or "peft" in peft.get("error", ""), peft
+    ratio = next(t for t in report["bench"]["targets"] if t["target"] == "pt-100 / hf-peft-100 samples/s")
+    assert ratio["value"] == pytest.approx(arms["pt-100"]["samples_per_s"] / arms["hf-peft-100"]["samples_per_s"])
     assert {t["target"] for t in report["bench"]["targets"]} >= {"smop-4x5 / pt-100 samples/s", "smop-4x5 MFU"}
     # the printed table, also written to gpu_check.txt, and the packed logs
     table = (out / "gpu_check.txt").read_text()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.multiprocess
 
 TOOLS = ("slurmctld", "slurmd", "sbatch", "munged", "mpirun", "mpicc", "ip")
 INSTALL = "bash tools/local_slurm.sh install"
-PIP = "would run: env DS_BUILD_OPS=0 python -m pip install -q -e .[test]"
+PIP = "would run: env DS_BUILD_OPS=0 python -m pip install -q -e .[test,bench]"
 
 
 def executable(path: Path, body: str) -> None:

@@ -98,7 +98,7 @@ def main(spec: dict) -> None:
     mem = peak_memory(device)
     latency = None
     if spec["infer_repeats"] > 0:
-        latency = generation_latency(trainer.methods.prompted, Rows(input_ids, labels)[: size.micro_batch], device,
+        latency = generation_latency(trainer.model, Rows(input_ids, labels)[: size.micro_batch], device,
                                      size.gen_tokens, spec["infer_repeats"], world > 1)
     per_rank = [None] * world
     tdist.all_gather_object(per_rank, rank_figures(times, {}, mem, latency))

@@ -6,7 +6,8 @@
 # Steps, each skipped when its work is already done:
 #   1. system packages  Slurm, munge, OpenMPI and iproute2 (the launch-path tests run real one- and two-node
 #                       clusters) through `tools/local_slurm.sh install`, as root or with sudo
-#   2. python packages  `pip install -e ".[test]"` of this checkout, unless processes started anywhere
+#   2. python packages  `pip install -e ".[test,bench]"` of this checkout (bench: PEFT, which the benchmark
+#                       tests run for real), unless processes started anywhere
 #                       already import this checkout's trainer with every pinned dependency satisfied
 #   3. tests            `python -m pytest -q tests` plus your arguments
 # SMOP_TEST_DRY_RUN=1 prints what steps 1-3 would run and runs none of them (tests/test_test_script.py).
@@ -54,14 +55,15 @@ repo = Path(sys.argv[1]).resolve()
 spec = importlib.util.find_spec("trainer")
 assert spec and Path(spec.origin).resolve() == repo / "trainer" / "__init__.py", "trainer is not this checkout"
 project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-for line in project["dependencies"] + project["optional-dependencies"]["test"]:
+extras = project["optional-dependencies"]
+for line in project["dependencies"] + extras["test"] + extras["bench"]:
     req = Requirement(line)
     assert req.specifier.contains(md.version(req.name), prereleases=True), f"{req.name} does not satisfy {req}"
 EOF
 ) >/dev/null 2>&1; then
-    echo "test.sh: installing this checkout and its pinned dependencies (pip install -e .[test])"
+    echo "test.sh: installing this checkout and its pinned dependencies (pip install -e .[test,bench])"
     # DS_BUILD_OPS=0: DeepSpeed compiles no kernels (the CPU runs need none; a GPU machine JIT-builds them).
-    step env DS_BUILD_OPS=0 python -m pip install -q -e ".[test]"
+    step env DS_BUILD_OPS=0 python -m pip install -q -e ".[test,bench]"
 fi
 
 # 3. The tests; extra arguments (-m unit, -k NAME, -x, a file) go to pytest.
