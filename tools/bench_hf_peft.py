@@ -70,7 +70,10 @@ def main(spec: dict) -> None:
     t5_config = tiny_t5_config(model_cfg, size.vocab_size)
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = T5ForConditionalGeneration._from_config(t5_config, dtype=dtype)
-    model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM,
+    # num_transformer_submodules=1: the prompt before the encoder input only, as in Lester et al. and this
+    # trainer. PEFT's SEQ_2_SEQ_LM default (2) also prepends another L virtual tokens to the decoder input,
+    # twice the trainable parameters and L more decoder positions: a different, heavier method.
+    model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_transformer_submodules=1,
                                                      num_virtual_tokens=spec["prompt_length"]))
     n = size.micro_batch * world * 8
     input_ids, labels = synthetic_rows(n, size.seq_len, size.target_len, size.vocab_size, 42)

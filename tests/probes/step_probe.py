@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.launch import TINY
 
-TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+TORCH_DIR = Path(torch.__file__).resolve().parent
 READS = ("__bool__", "item", "tolist", "__float__", "__int__")
 
 
@@ -43,16 +43,20 @@ def origin(stack: list[traceback.FrameSummary]) -> dict:
     `via`: the torch file the read happened in, if any (e.g. optim/adamw.py)."""
     via = None
     for frame in reversed(stack):
-        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
-        if path.startswith(TORCH_DIR):
-            via = via or path[len(TORCH_DIR) + 1:]
+        if frame.filename.startswith("<"):  # <frozen ...>, <string>: code with no file
+            return {"origin": "other", "where": f"{frame.filename}:{frame.lineno} {frame.name}", "via": via}
+        # Paths compared as paths: a virtual environment named like the checkout plus a suffix (X-venv beside
+        # X) starts with the same characters but is not inside it.
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(TORCH_DIR):
+            via = via or str(path.relative_to(TORCH_DIR))
             continue
-        if path == str(Path(__file__).resolve()) or path.endswith("warnings.py"):
+        if path == Path(__file__).resolve() or path.name == "warnings.py":
             continue
-        where = f"{Path(path).relative_to(REPO) if path.startswith(str(REPO)) else path}:{frame.lineno} {frame.name}"
-        if path.startswith(str(REPO / "trainer")):
+        where = f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{frame.lineno} {frame.name}"
+        if path.is_relative_to(REPO / "trainer"):
             return {"origin": "trainer", "where": where, "via": via}
-        package = next((p for p in ("transformers", "deepspeed", "accelerate") if f"/{p}/" in path), "other")
+        package = next((p for p in ("transformers", "deepspeed", "accelerate") if p in path.parts), "other")
         return {"origin": package, "where": where, "via": via}
     return {"origin": "torch", "where": "torch internals", "via": via}
 
