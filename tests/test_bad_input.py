@@ -11,7 +11,8 @@ import pytest
 
 from tests.launch import run_trainer
 from trainer.runtime.checkpoint import locate
-from trainer.config import EMBEDDED_DATA_DIR, load_config
+from trainer.config import load_config
+from trainer.paths import EMBEDDED_DATA_DIR
 from trainer.data.batch import encode
 from trainer.runtime.ds_config import load_ds_config, merge_batch, resolve_batch
 from trainer.main import read_inputs
@@ -160,7 +161,7 @@ def test_ds_config_contradicts_trainer_batch(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3}}))
     cfg = load_config(None, ["train.micro_batch_size=4"])
-    one_line_error(lambda: merge_batch(load_ds_config(str(path)), *resolve_batch(cfg.train, 2), str(path)),
+    one_line_error(lambda: merge_batch(load_ds_config(str(path)), resolve_batch(cfg.train, 2), str(path)),
                    "train_micro_batch_size_per_gpu=2 contradicts the run config, which gives 4")
 
 

@@ -4,12 +4,13 @@ import re
 
 import pytest
 
-from tools.config_docs import field_docs
+from tools.docs.config_docs import field_docs
 from trainer.cli.run_files import load_backbone
-from trainer.config import REPO_ROOT, SHIPPED_MODELS, OptimizerName, load_config, model_location
+from trainer.config import OptimizerName, load_config
+from trainer.paths import REPO_ROOT, SHIPPED_MODELS, model_location
 from trainer.data.tokenizer import load_tokenizer
 from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
-from trainer.runtime.ds_config import BATCH_KEYS, load_ds_config, merge_batch, resolve_batch
+from trainer.runtime.ds_config import BATCH_KEYS, BatchLayout, load_ds_config, merge_batch, resolve_batch
 
 
 def test_overrides_are_typed():
@@ -51,15 +52,17 @@ def test_preset_then_overrides(tmp_path):
 
 def test_batch_arithmetic_has_one_owner():
     cfg = load_config(None, ["train.micro_batch_size=4", "train.global_batch_size=32"])
-    assert resolve_batch(cfg.train, 2) == (4, 4, 32)
-    assert resolve_batch(load_config(None, ["train.micro_batch_size=4", "train.grad_accum_steps=3"]).train, 2) == (4, 3, 24)
+    layout = resolve_batch(cfg.train, 2)
+    assert (layout, layout.global_batch) == (BatchLayout(4, 4, 2), 32)
+    layout = resolve_batch(load_config(None, ["train.micro_batch_size=4", "train.grad_accum_steps=3"]).train, 2)
+    assert (layout, layout.global_batch) == (BatchLayout(4, 3, 2), 24)
     with pytest.raises(ValueError, match="not a multiple"):
         resolve_batch(load_config(None, ["train.micro_batch_size=3", "train.global_batch_size=32"]).train, 2)
-    merged = merge_batch({"zero_optimization": {"stage": 3}}, 4, 4, 32)
+    merged = merge_batch({"zero_optimization": {"stage": 3}}, BatchLayout(4, 4, 2))
     assert (merged["train_micro_batch_size_per_gpu"], merged["gradient_accumulation_steps"],
             merged["train_batch_size"]) == (4, 4, 32)
     with pytest.raises(ValueError, match="train_batch_size=64 contradicts"):
-        merge_batch({"train_batch_size": 64}, 4, 4, 32)
+        merge_batch({"train_batch_size": 64}, BatchLayout(4, 4, 2))
 
 
 def test_every_field_is_documented():
@@ -73,8 +76,7 @@ def deepspeed_accepts(ds: dict, path) -> None:
     train_batch_size must equal micro x accumulation x 1."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    micro, accum, global_batch = 4, 2, 8
-    DeepSpeedConfig(merge_batch(ds, micro, accum, global_batch, str(path)))
+    DeepSpeedConfig(merge_batch(ds, BatchLayout(4, 2, 1), str(path)))
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
@@ -85,9 +87,9 @@ def test_every_shipped_preset_validates(path):
     ds = load_ds_config(str(REPO_ROOT / cfg.ds_config))
     for world in (1, 2, 4, 8, 16):
         if not cfg.train.global_batch_size or cfg.train.global_batch_size % (cfg.train.micro_batch_size * world) == 0:
-            micro, accum, global_batch = resolve_batch(cfg.train, world)
-            assert micro * accum * world == global_batch
-            merge_batch(ds, micro, accum, global_batch, cfg.ds_config)
+            layout = resolve_batch(cfg.train, world)
+            assert layout.world == world and layout.micro == cfg.train.micro_batch_size
+            merge_batch(ds, layout, cfg.ds_config)
     deepspeed_accepts(ds, path)
 
 
@@ -164,8 +166,7 @@ def test_slurm_template_preset_ds_config_and_world_agree(path):
     preset, ds_path = _knob(text, "PRESET"), _knob(text, "DS_CONFIG")
     cfg = load_config(str(REPO_ROOT / preset), [])
     assert cfg.ds_config == ds_path, f"{preset} uses {cfg.ds_config}, the template passes {ds_path}"
-    micro, accum, global_batch = resolve_batch(cfg.train, nodes * gpus)
-    merge_batch(load_ds_config(str(REPO_ROOT / ds_path)), micro, accum, global_batch, ds_path)
+    merge_batch(load_ds_config(str(REPO_ROOT / ds_path)), resolve_batch(cfg.train, nodes * gpus), ds_path)
     for knob in ("RUN_NAME", "OUTPUT_ROOT", "PYTHON", "REPO"):
         _knob(text, knob)
     assert _knob(text, "REQUEUE_EXIT_CODE") == "3"
@@ -199,7 +200,7 @@ def test_readme_documents_every_config_key():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "tools.config_docs", "--check"],
+    proc = subprocess.run([sys.executable, "-m", "tools.docs.config_docs", "--check"],
                           capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.multiprocess
 
 def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
     proc = run_trainer(tmp_path, "train.eval_every=2", "monitor.plots=true", nproc=2, launcher="deepspeed")
-    for name in ("config.yaml", "ds_config.json", "run_info.json", "metrics.jsonl", "smop_final.safetensors",
+    for name in ("config.yaml", "ds_config.json", "run_info.json", "metrics.jsonl", "method_final.safetensors",
                  "tokenizer/tokenizer_config.json", "predictions-rte-4.jsonl", "predictions-rte-2.jsonl"):
         assert (tmp_path / name).exists(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

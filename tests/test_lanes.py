@@ -29,7 +29,7 @@ def test_a_unit_test_cannot_start_a_process(request):
 def test_a_multiprocess_test_starts_processes_but_not_slurm(request):
     assert lane_of(request.node) == "multiprocess"
     assert subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True).stdout == "42\n"
-    for command in (["bash", "tools/local_slurm.sh", "status"], ["sbatch", "--wrap", "true"], ["/usr/bin/ip", "netns"]):
+    for command in (["bash", "tools/cluster/local_slurm.sh", "status"], ["sbatch", "--wrap", "true"], ["/usr/bin/ip", "netns"]):
         with pytest.raises(RuntimeError, match="carry pytest.mark.cluster"):
             subprocess.run(command, cwd=REPO)
 

@@ -1,8 +1,8 @@
 """Two nodes on one machine: the shipped templates, per-node launchers and faults across a real network.
 
-`tools/local_slurm.sh start --nodes 2` makes node1 and node2, each a network namespace with its own address,
+`tools/cluster/local_slurm.sh start --nodes 2` makes node1 and node2, each a network namespace with its own address,
 hostname and /etc/hosts, joined by a bridge; slurmctld schedules across both (see slurm/README.md, "Two nodes
-on one machine"). The module fixture always runs `tools/local_slurm.sh stop` and then checks that nothing of
+on one machine"). The module fixture always runs `tools/cluster/local_slurm.sh stop` and then checks that nothing of
 the cluster is left. What crosses nodes here and nowhere else in the suite: MASTER_ADDR taken from the first
 node of the allocation and reached over the bridge, Slurm's node-local ranks (2 tasks per node), one
 launcher per node, a signal that reaches only the first node's batch shell, a node that dies while the
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.launch import MAIN, REPO, TINY, events
-from tests.test_local_slurm import SCRIPT, TIMINGS, job_info, local_cluster, run
+from tests.tools.test_local_slurm import SCRIPT, TIMINGS, job_info, local_cluster, run
 from tests.runtime.test_resume import losses, max_param_diff
 from tests.test_slurm_templates import FINAL, wait_final
 from trainer.runtime.distributed import free_port
@@ -191,7 +191,7 @@ def launcher(kind: str, node_rank: int, port: int, hostfile: Path) -> list[str]:
 @pytest.mark.parametrize("kind", ["torchrun", "deepspeed"])
 def test_one_launcher_per_node(nodes, reference, tmp_path, kind):
     """`torchrun --nnodes 2` and `deepspeed --no_ssh --node_rank N`, one per node, each started on its node
-    (`tools/local_slurm.sh exec nodeN ...`), rendezvous on node1 over the bridge."""
+    (`tools/cluster/local_slurm.sh exec nodeN ...`), rendezvous on node1 over the bridge."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node1 slots=2\nnode2 slots=2\n")
     out, port, t0 = tmp_path / "run", free_port(), time.monotonic()

@@ -21,7 +21,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Each console script, the module `python -m` runs for it, and an option its --help must name.
 COMMANDS = {"smop-train": ("trainer", "--config"), "smop-predict": ("trainer.cli.predict", "--backbone"),
             "smop-evaluate": ("trainer.cli.evaluate", "--predictions"), "smop-export": ("trainer.cli.export", "--run_dir"),
-            "smop-count": ("trainer.cli.count", "--source-lens"), "smop-plot": ("trainer.cli.plot", "RUN_DIR")}
+            "smop-count": ("trainer.cli.count", "--source-lens"), "smop-plan": ("trainer.cli.plan", "--gpu-mem"),
+            "smop-plot": ("trainer.cli.plot", "RUN_DIR")}
 
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
@@ -75,7 +76,8 @@ def test_installed_package_resolves_shipped_files_and_trains_from_any_directory(
     _, site = installed
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # the checkout is not on the path
     probe = ("import json, trainer\n"
-             "from trainer.config import EMBEDDED_DATA_DIR, load_config, model_location, shipped_path\n"
+             "from trainer.config import load_config\n"
+             "from trainer.paths import EMBEDDED_DATA_DIR, model_location, shipped_path\n"
              "cfg = load_config('configs/tiny.yaml', [])\n"
              "print(json.dumps({'package': trainer.__file__, 'ds_config': shipped_path(cfg.ds_config),\n"
              "    'preset': shipped_path('configs/tiny.yaml'), 'paper': shipped_path('configs/paper'),\n"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trainer.cli.count import config as t5_config
-from trainer.config import REPO_ROOT, EvalMode, OptimizerName, Schedule, Splits, flatten, load_config, to_dict
+from trainer.config import EvalMode, OptimizerName, Schedule, Splits, flatten, load_config, to_dict
+from trainer.paths import REPO_ROOT
 from trainer.data.tasks import TASKS
 from trainer.methods.registry import registered
 from trainer.methods.router import RouterInit, RouterInput

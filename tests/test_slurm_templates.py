@@ -3,8 +3,8 @@
 What a CPU box lacks is overridden the way a user would: sbatch options (one node, 2 ranks, no GPUs, one
 CPU per rank) beat the template's #SBATCH lines, and its knobs come from the environment of sbatch (the
 tiny preset and overrides, the CPU ds_config). The cluster is started once for the module by
-`tools/local_slurm.sh start` and always stopped, pass or fail (the fixture of tests/test_local_slurm.py).
-CI must have run `tools/local_slurm.sh install` as root first.
+`tools/cluster/local_slurm.sh start` and always stopped, pass or fail (the fixture of tests/tools/test_local_slurm.py).
+CI must have run `tools/cluster/local_slurm.sh install` as root first.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.launch import REPO, TINY, events
-from tests.test_local_slurm import TIMINGS, job_info, run, slurm  # noqa: F401  (slurm: the cluster fixture)
+from tests.tools.test_local_slurm import TIMINGS, job_info, run, slurm  # noqa: F401  (slurm: the cluster fixture)
 
 pytestmark = pytest.mark.cluster
 

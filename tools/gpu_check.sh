@@ -8,7 +8,7 @@
 # Steps, in order of what they decide, each under its own time limit (cut to what is left of --budget-s):
 #   1. install   the wheels in --wheels (.whl/, filled by ../shared/tools/gpu-wheels.sh) when DeepSpeed
 #                is not importable: the GPU image has torch/transformers/PEFT but no DeepSpeed
-#   2. env       versions, devices, memory, bf16 support, nvidia-smi (python -m tools.gpu_check env)
+#   2. env       versions, devices, memory, bf16 support, nvidia-smi (python -m tools.cluster.gpu_check env)
 #   3. bench     python -m tools.bench at --size (T5-XL) with the arms that decide the speed goals: SMoP 4x5,
 #                prompt tuning 100, HF+PEFT 100, the bare loop, the replicated backbone (ZeRO-2)
 #   4. tests     the GPU-marked tests: python -m pytest -m gpu tests
@@ -17,7 +17,7 @@
 #   6. report    DIR/gpu_check.json and the table (DIR/gpu_check.txt), DIR/logs.tar.gz of everything
 # --dry-run runs every step the CPU can run, small: the install into DIR/raw/site (no PYTHONPATH change),
 # the GPU tests (they skip), 2 training steps on one rank, the bench arms at tiny shapes on one rank, two at a time.
-# tests/test_gpu_check.py runs it, so the script is exercised before any GPU is at hand.
+# tests/tools/test_gpu_check.py runs it, so the script is exercised before any GPU is at hand.
 # --pack removes DIR/raw after packing it into logs.tar.gz (for a device tool that returns few files).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -116,7 +116,7 @@ sed 's/^/    /' "$raw/install.log" | tail -n 3 >&2
 [ -f "$raw/pythonpath" ] && export PYTHONPATH=$(cat "$raw/pythonpath")${PYTHONPATH:+:$PYTHONPATH}
 
 # 2. env
-run_step env 60 $py -m tools.gpu_check env "$raw/env.json"
+run_step env 60 $py -m tools.cluster.gpu_check env "$raw/env.json"
 
 # 3. the speed goals' arms (dry run: tiny shapes, one rank, two timed steps, two arms at a time: it checks
 #    that every arm runs, not what the shared CPU measures)
@@ -133,7 +133,7 @@ run_step tests $([ $dry -eq 1 ] && echo 120 || echo 150) \
   $py -m pytest -q -m gpu tests -rs -p no:cacheprovider --junitxml "$raw/tests.xml"
 
 # 5. the embedded default in bf16 on every GPU (dry run: 2 steps, one rank, on the CPU)
-$py -m tools.gpu_check train-ds-config "$raw/train_ds_config.json" > "$raw/train_ds_config.log" 2>&1
+$py -m tools.cluster.gpu_check train-ds-config "$raw/train_ds_config.json" > "$raw/train_ds_config.log" 2>&1
 nproc=$($py -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
 train_small=""
 [ $dry -eq 1 ] && { nproc=1; train_small="train.max_steps=2 train.eval_every=0 data.max_eval_examples=16 eval.batch_size=8"; }
@@ -144,7 +144,7 @@ run_step train 60 $py -m torch.distributed.run --nproc_per_node "$nproc" --maste
   trainer/main.py "ds_config=$raw/train_ds_config.json" "output_dir=$raw/train" overwrite=true $train_small $train_overrides
 
 # 6. report
-$py -m tools.gpu_check report "$out" --dry-run "$dry" --size "$size" --budget-s "$budget" | tee "$out/gpu_check.txt"
+$py -m tools.cluster.gpu_check report "$out" --dry-run "$dry" --size "$size" --budget-s "$budget" | tee "$out/gpu_check.txt"
 rc=${PIPESTATUS[0]}
 tar -czf "$out/logs.tar.gz" -C "$out" raw
 [ $pack -eq 1 ] && rm -rf "$raw"

@@ -5,12 +5,12 @@
 #
 # Steps, each skipped when its work is already done:
 #   1. system packages  Slurm, munge, OpenMPI and iproute2 (the launch-path tests run real one- and two-node
-#                       clusters) through `tools/local_slurm.sh install`, as root or with sudo
+#                       clusters) through `tools/cluster/local_slurm.sh install`, as root or with sudo
 #   2. python packages  `pip install -e ".[test,bench]"` of this checkout (bench: PEFT, which the benchmark
 #                       tests run for real), unless processes started anywhere
 #                       already import this checkout's trainer with every pinned dependency satisfied
 #   3. tests            `python -m pytest -q tests` plus your arguments
-# SMOP_TEST_DRY_RUN=1 prints what steps 1-3 would run and runs none of them (tests/test_test_script.py).
+# SMOP_TEST_DRY_RUN=1 prints what steps 1-3 would run and runs none of them (tests/tools/test_test_script.py).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -31,12 +31,12 @@ done
 if ((${#missing[@]})); then
     echo "test.sh: missing ${missing[*]}: installing the system packages"
     if [[ $(id -u) == 0 ]]; then
-        step bash tools/local_slurm.sh install
+        step bash tools/cluster/local_slurm.sh install
     elif command -v sudo >/dev/null; then
-        step sudo bash tools/local_slurm.sh install
+        step sudo bash tools/cluster/local_slurm.sh install
     else
         echo "test.sh: error: ${missing[*]} missing and no root or sudo here;" \
-             "as root run: bash $repo/tools/local_slurm.sh install" >&2
+             "as root run: bash $repo/tools/cluster/local_slurm.sh install" >&2
         exit 1
     fi
 fi

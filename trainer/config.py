@@ -15,17 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from trainer.data.mixture import Mixing
+from trainer.data.readers import DataSource
+from trainer.data.splits import Splits
 from trainer.methods.ptuning import PTuningEncoder
 from trainer.methods.registry import get_method
 from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
 from trainer.methods.smop import PromptInit
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = Path(__file__).resolve().parent
-EMBEDDED_DATA_DIR = PACKAGE_DIR / "assets" / "data"
-SHIPPED_MODELS = {"tiny-pretrained": PACKAGE_DIR / "assets" / "tiny-pretrained"}
-"""Backbones that ship with the trainer, by name (tools/pretrain_tiny.py regenerates tiny-pretrained)."""
-
+from trainer.paths import model_location, shipped_path
 
 class OptimizerName(str, enum.Enum):
     ADAMW = "adamw"
@@ -35,21 +32,6 @@ class OptimizerName(str, enum.Enum):
 class Schedule(str, enum.Enum):
     LINEAR = "linear"
     CONSTANT = "constant"
-
-
-class DataSource(str, enum.Enum):
-    LOCAL = "local"
-    HUB = "hub"
-
-
-class Splits(str, enum.Enum):
-    OFFICIAL = "official"
-    PAPER = "paper"
-
-
-class Mixing(str, enum.Enum):
-    PROPORTIONAL = "proportional"
-    TEMPERATURE = "temperature"
 
 
 @dataclass
@@ -76,7 +58,7 @@ class ModelConfig:
 
     name_or_path: str = "tiny-pretrained"
     """'tiny-pretrained': the small T5 shipped in trainer/assets/tiny-pretrained (pretrained offline on a
-    synthetic language by tools/pretrain_tiny.py); 'tiny': a random T5 from `model.tiny`; else a hub name
+    synthetic language by tools/assets/pretrain_tiny.py); 'tiny': a random T5 from `model.tiny`; else a hub name
     (google/t5-xl-lm-adapt) or a save_pretrained dir."""
     tokenizer: str = ""
     """Tokenizer name or dir. Empty: the model's own; for 'tiny', a sentencepiece model trained on the data."""
@@ -289,7 +271,7 @@ class RunConfig:
     collective_timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before the job fails (a dead rank never hangs it)."""
     interconnect_gbps: float = 100.0
-    """Inter-node bandwidth of one node in Gbit/s, for the start-up placement check (tools/placement.py)."""
+    """Inter-node bandwidth of one node in Gbit/s, for the start-up placement check (smop-plan, trainer/perf/plan.py)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -345,8 +327,8 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"prompt.top_k={p.top_k}: must lie in 1..prompt.num_prompts ({p.num_prompts})")
     if p.init == PromptInit.TEXT and not p.init_text:
         raise ValueError("prompt.init_text: required when prompt.init=text")
-    if d.max_source_length <= method.positions(p) + 1:
-        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed the {method.positions(p)} "
+    if d.max_source_length <= method.prompt_length(p) + 1:
+        raise ValueError(f"data.max_source_length={d.max_source_length}: must exceed the {method.prompt_length(p)} "
                          f"prompt positions + 1 to leave room for input tokens and </s>")
     if not 0 < d.dev_fraction < 1:
         raise ValueError(f"data.dev_fraction={d.dev_fraction}: must lie in (0, 1)")
@@ -373,35 +355,6 @@ def validate(cfg: RunConfig) -> None:
                        "train.router_lr": t.router_lr}.items():
         if value < 0:
             raise ValueError(f"{key}={value}: must not be negative")
-
-
-def shipped_path(path: str) -> str:
-    """A shipped preset or ds_config (`configs/...`, `ds_configs/...`) from any working directory: as given
-    when it exists, else in the checkout, else inside an installed package (`pip install .` carries them)."""
-    if Path(path).exists() or Path(path).is_absolute():
-        return path
-    for root in (REPO_ROOT, PACKAGE_DIR):
-        if (root / path).exists():
-            return str(root / path)
-    return path  # the reader names it in its error
-
-
-def model_location(name: str, key: str = "model.name_or_path") -> str:
-    """Where from_pretrained looks for model (or tokenizer) `name`: a shipped model's folder, a local
-    directory, or a hub name ("org/name") as it is.
-
-    The one rule for "local path or hub name": a name that starts with . / ~, has more than one /, or exists
-    on disk is a path, and must be a directory. Otherwise it fails here with "`key`: no such directory",
-    rather than later as a confusing hub lookup error.
-    """
-    if name in SHIPPED_MODELS:
-        return str(SHIPPED_MODELS[name])
-    path = Path(name).expanduser()
-    if not (name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists()):
-        return name
-    if not path.is_dir():
-        raise ValueError(f"{key}: no such directory '{name}'")
-    return str(path)
 
 
 def to_dict(cfg) -> dict:

@@ -22,21 +22,34 @@ from pathlib import Path
 
 import torch
 
-from trainer.runtime import distributed
 from trainer.config import EvalMode
 from trainer.data.batch import Encoded, collate, eval_shards
-from trainer.runtime.eval_gather import gathered_for_evaluation
 from trainer.data.metrics import idx_key, score, superglue_average
-from trainer.monitor.monitor import routing_summary
 from trainer.data.tasks import Task, get_task
+from trainer.monitor.monitor import routing_summary
+from trainer.runtime import distributed
+from trainer.runtime.eval_gather import maybe_whole_backbone
+from trainer.runtime.hardware import local_ranks
 
 
-@gathered_for_evaluation  # under ZeRO-3, the backbone whole for the evaluation when it fits (eval.gather_backbone)
 def evaluate(run, test: bool = False) -> dict:
     """Predict every example of the eval set (or, with `test`, the test set) exactly once; log and return
-    the event: per-task metrics as "<task>/<metric>", their "average" for mixtures, and routing figures."""
+    the event: per-task metrics as "<task>/<metric>", their "average" for mixtures, and routing figures.
+
+    Under ZeRO-3 the backbone is gathered once for the whole evaluation when it fits (eval.gather_backbone;
+    trainer/runtime/eval_gather.py). Full fine-tuning's backbone is the training engine: left to gather per
+    module."""
+    force = run.cfg.eval.gather_backbone if not run.update.trains_backbone else False
+    with maybe_whole_backbone(run.model.backbone, run.dist.device, local_ranks(run.dist.world_size),
+                              force) as gathered:
+        event = _evaluate(run, test)
+    run.monitor.log({"event": "eval_gather", "step": run.state.step, "backbone_gathered": gathered})
+    return event
+
+
+def _evaluate(run, test: bool) -> dict:
     d, e = run.dist, run.cfg.eval
-    data: Encoded = run.test_data if test else run.eval_data
+    data: Encoded = run.data.test if test else run.data.eval
     run.model.train(False)
     started, mine = time.time(), []
     counts = torch.zeros(len(run.task_names), run.model.method.num_prompts, dtype=torch.long)
@@ -57,8 +70,8 @@ def evaluate(run, test: bool = False) -> dict:
     predicted = [item for part in distributed.all_gather_objects(mine) for item in part]
     # Routing counts over every rank's examples: each rank saw only its shard.
     counts = distributed.all_reduce_sum(counts.to(d.device)).cpu()
-    event = {"event": "test" if test else "eval", "split": run.test_split if test else run.eval_split,
-             "step": run.step, "num_examples": len(predicted)}
+    event = {"event": "test" if test else "eval", "split": "test" if test else run.data.eval_name,
+             "step": run.state.step, "num_examples": len(predicted)}
     results = {}
     for t, name in enumerate(run.task_names):
         rows = sorted((i, text, prompt) for i, text, prompt in predicted if data.task_ids[i] == t)
@@ -97,7 +110,7 @@ def write_predictions(run, data: Encoded, task: str, rows: list, prefix: str = "
     routed to (the scorer ignores extra fields)."""
     if not run.dist.is_main:
         return
-    path = Path(run.cfg.output_dir) / f"predictions-{task}-{prefix}{run.step}.jsonl"
+    path = Path(run.cfg.output_dir) / f"predictions-{task}-{prefix}{run.state.step}.jsonl"
     with open(path, "w") as f:
         for i, text, prompt in rows:
             f.write(json.dumps({"idx": data.examples[i].idx, "prediction": text, "prompt": prompt}) + "\n")

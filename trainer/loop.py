@@ -8,103 +8,85 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from trainer.runtime import checkpoint
-from trainer.runtime import distributed
 from trainer.config import RunConfig
-from trainer.data.batch import Encoded, TrainOrder, collate
-from trainer.runtime.distributed import Dist
+from trainer.data.batch import EncodedSplits, collate
 from trainer.evaluation import evaluate
-from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss, StepGuard
 from trainer.methods.prompted import PromptedT5
 from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
+from trainer.runtime import checkpoint, distributed
+from trainer.runtime.distributed import Dist
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
+from trainer.state import TrainState
 
 
 @dataclass
 class Run:
-    """Everything the loop needs, built by main()."""
+    """Everything the loop needs, built by trainer/main.py: the parts, the training state, the data."""
 
     cfg: RunConfig
     dist: Dist
+    ds_config: dict
+    """The DeepSpeed config as merged with the run's batch layout (written beside the run's outputs)."""
     model: PromptedT5
     update: ReplicatedUpdate | EngineUpdate
     """How gradients become an update (trainer/runtime/update.py): the method's replicated parameters with
     their own optimiser, or DeepSpeed's engine when the backbone trains."""
-    guard: StepGuard
-    """Per-step agreement on skipping non-finite updates and stopping on a signal (trainer/runtime/guard.py)."""
-    train_data: Encoded
-    eval_data: Encoded
-    order: TrainOrder
-    micro_batch: int
-    accum_steps: int
+    state: TrainState
+    """What a checkpoint saves and restores (trainer/state.py): method, optimiser, schedule, step, guard,
+    data order, batch layout."""
+    data: EncodedSplits
     tokenizer: object
-    monitor: Monitor
     task_names: list[str]
-    step: int = 0
-    stats: dict = field(default_factory=dict)
-    eval_split: str = "val"
-    """Name of the split in eval_data ("val", or "dev" with data.splits=paper), for the eval events."""
-    test_data: Encoded | None = None
-    """Evaluated once after training (data.splits=paper); None otherwise."""
-    test_split: str = "test"
+    monitor: Monitor
     collapse: CollapseDetector | None = None
     """Watches the clean routing of routed methods (None: nothing routed to watch)."""
     collapsed: bool = False
     """Set on every rank at the same step when collapse is declared and monitor.stop_on_collapse is on."""
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.update.optimizer
-
-    @property
-    def scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
-        return self.update.scheduler
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.method.parameters() if p.requires_grad]
+    stats: dict = field(default_factory=dict)
+    """What the steps since the last log event add up: loss and token sums, routing counts, the rate."""
 
 
 def train(run: Run) -> dict:
     """Run to train.max_steps, evaluating every train.eval_every steps and at the end."""
     cfg = run.cfg.train
     reset_stats(run)
-    bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not run.dist.is_main, desc="train", unit="step")
+    bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not run.dist.is_main, desc="train", unit="step")
     started, last_eval = time.time(), {}
-    while run.step < cfg.max_steps:
+    while run.state.step < cfg.max_steps:
         train_step(run)
-        run.step += 1
+        run.state.step += 1
         bar.update(1)
         poll_guard(run)
         maybe_log(run, bar, started)
         maybe_check_replicas(run)
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
+        if cfg.eval_every and run.state.step % cfg.eval_every == 0 and run.state.step < cfg.max_steps:
             last_eval = evaluate(run)
         if maybe_save(run):
             break
     bar.close()
-    return evaluate(run) if run.step == cfg.max_steps else last_eval
+    return evaluate(run) if run.state.step == cfg.max_steps else last_eval
 
 
 def train_guarded(run: Run) -> tuple[int | None, dict]:
     """Train with the stop signals caught: (exit code if it stopped early, else None; the last eval)."""
-    run.guard.install()
+    run.state.guard.install()
     try:
         result = train(run)
     except NonFiniteLoss as e:
         print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
         return _close(run, EXIT_NONFINITE), {}
     finally:
-        run.guard.uninstall()
+        run.state.guard.uninstall()
     if run.collapsed:
-        print(f"rank {run.dist.rank}: stopped after step {run.step}: routing collapsed (monitor.stop_on_collapse); "
+        print(f"rank {run.dist.rank}: stopped after step {run.state.step}: routing collapsed (monitor.stop_on_collapse); "
               f"checkpoint saved; exit code {EXIT_COLLAPSE}", file=sys.stderr)
         return _close(run, EXIT_COLLAPSE), result
-    if run.step < run.cfg.train.max_steps:
-        g = run.guard
+    if run.state.step < run.cfg.train.max_steps:
+        g = run.state.guard
         why = (f"signal {g.signalled}" if g.signalled else f"checkpoint.stop_at={g.stop_at}"
-               if g.stop_at and run.step >= g.stop_at else "a signal to another rank")
-        print(f"rank {run.dist.rank}: stopped after step {run.step} by {why}; checkpoint saved; exit code "
+               if g.stop_at and run.state.step >= g.stop_at else "a signal to another rank")
+        print(f"rank {run.dist.rank}: stopped after step {run.state.step} by {why}; checkpoint saved; exit code "
               f"{EXIT_REQUEUE}: run the same command to resume", file=sys.stderr)
         return _close(run, EXIT_REQUEUE), result
     return None, result
@@ -118,17 +100,17 @@ def _close(run: Run, code: int) -> int:
 
 def train_step(run: Run) -> None:
     """One optimiser step over the global batch: accumulate micro batches, all-reduce, update."""
-    d, k = run.dist, run.model.method.num_prompts
-    rows = run.order.global_indices(run.step)
-    noise = distributed.to_device(run.order.noise(run.step, k), d.device)
-    micro = run.order.micro_batches(run.step, d.rank, d.world_size, run.micro_batch)
-    batches = [collate(run.train_data, [rows[i] for i in m], run.tokenizer.pad_token_id) for m in micro]
+    d, state, k = run.dist, run.state, run.model.method.num_prompts
+    rows = state.order.global_indices(state.step)
+    noise = distributed.to_device(state.order.noise(state.step, k), d.device)
+    micro = state.order.micro_batches(state.step, d.rank, d.world_size, state.layout.micro)
+    batches = [collate(run.data.train, [rows[i] for i in m], run.tokenizer.pad_token_id) for m in micro]
     # Normalise by the target tokens of the whole global batch (one scalar all-reduce), so the gradient
     # does not depend on how the batch is split over ranks and micro batches.
     tokens = sum((b["labels"] != -100).sum() for b in batches).float()
     tokens = distributed.all_reduce_sum(distributed.to_device(tokens, d.device))
     run.model.train()
-    run.stats["lr"] = run.scheduler.get_last_lr()[0]  # the rate this step uses, logged with its loss
+    run.stats["lr"] = state.scheduler.get_last_lr()[0]  # the rate this step uses, logged with its loss
     step_loss, step_tokens = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
     for batch, positions in zip(batches, micro):
         batch = {key: distributed.to_device(value, d.device) for key, value in batch.items()}
@@ -141,7 +123,7 @@ def train_step(run: Run) -> None:
         # noise flips many choices, so only the clean counts show whether the router itself has collapsed.
         for key, index in (("counts", routing.index), ("clean_counts", routing.clean_index)):
             run.stats[key].index_put_((batch["task_ids"], index), torch.ones_like(index), accumulate=True)
-    ok = run.update.step(run.step + 1, step_loss)
+    ok = run.update.step(state.step + 1, step_loss)
     run.stats["loss_sum"] += torch.where(ok, step_loss, 0)  # a skipped step stays out of the logged mean loss
     run.stats["tokens"] += torch.where(ok, step_tokens, 0)
 
@@ -150,30 +132,30 @@ def poll_guard(run: Run) -> None:
     """Learn which steps were skipped and whether to stop: the previous step's flags every step (the host
     does not wait for the step it has just queued), this step's too where it is about to log or save."""
     def on_skip(step: int) -> None:
-        run.monitor.log({"event": "nonfinite", "step": step, "skipped_total": run.guard.skipped})
+        run.monitor.log({"event": "nonfinite", "step": step, "skipped_total": run.state.guard.skipped})
 
-    g = run.guard
-    g.poll(run.step, on_skip)
+    g, step = run.state.guard, run.state.step
+    g.poll(step, on_skip)
     if g.stop_requested or log_due(run) or periodic_save_due(run):  # log_due includes the last step
-        g.poll(run.step + 1, on_skip)
+        g.poll(step + 1, on_skip)
 
 
 def log_due(run: Run) -> bool:
-    return run.step % run.cfg.train.log_every == 0 or run.step == run.cfg.train.max_steps
+    return run.state.step % run.cfg.train.log_every == 0 or run.state.step == run.cfg.train.max_steps
 
 
 def periodic_save_due(run: Run) -> bool:
     every = run.cfg.checkpoint.every
-    return bool(every) and run.step % every == 0
+    return bool(every) and run.state.step % every == 0
 
 
 def maybe_save(run: Run) -> bool:
     """Checkpoint every checkpoint.every steps (not inside a non-finite streak), at the end, and when
     stopping; True: stop now."""
-    end, stop = run.step == run.cfg.train.max_steps, run.guard.stop_requested or run.collapsed
-    if (periodic_save_due(run) and not run.guard.streak) or end or stop:
+    end, stop = run.state.step == run.cfg.train.max_steps, run.state.guard.stop_requested or run.collapsed
+    if (periodic_save_due(run) and not run.state.guard.streak) or end or stop:
         reason = "collapse" if run.collapsed else "signal" if stop else "end" if end else "periodic"
-        checkpoint.save(run, reason)
+        checkpoint.save(run.state, run.dist, checkpoint.checkpoints_dir(run.cfg), run.cfg.checkpoint.keep, reason)
     return stop
 
 
@@ -195,7 +177,7 @@ def maybe_log(run: Run, bar, started: float) -> None:
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
     counts = distributed.all_reduce_sum(torch.stack([s["clean_counts"], s["counts"]])).cpu()
     loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
-    event = {"event": "train", "step": run.step, "loss": loss, "lr": s["lr"],
+    event = {"event": "train", "step": run.state.step, "loss": loss, "lr": s["lr"],
              "elapsed_s": round(time.time() - started, 2), "peak_memory_mb": round(peak_memory_mb(run.dist.device), 1),
              **routing_summary(counts[0], run.task_names)}
     if counts.shape[-1] > 1:
@@ -213,11 +195,11 @@ def watch_collapse(run: Run, event: dict) -> None:
         return
     m = run.cfg.monitor
     fractions = ", ".join(f"{f:.2f}" for f in event["routing_fraction"])
-    run.monitor.log({"event": "routing_collapse", "step": run.step, "routing_entropy": event["routing_entropy"],
+    run.monitor.log({"event": "routing_collapse", "step": run.state.step, "routing_entropy": event["routing_entropy"],
                      "routing_fraction": event["routing_fraction"], "threshold": m.collapse_entropy,
                      "patience": m.collapse_patience})
     if run.dist.is_main:
-        tqdm.write(f"warning: step {run.step}: routing collapsed: clean routing entropy "
+        tqdm.write(f"warning: step {run.state.step}: routing collapsed: clean routing entropy "
                    f"{event['routing_entropy']:.3f} < monitor.collapse_entropy={m.collapse_entropy} for "
                    f"{m.collapse_patience} log events (fractions [{fractions}]); see README 'Routing that mixes'"
                    + ("; stopping (monitor.stop_on_collapse)" if m.stop_on_collapse else ""))
@@ -227,12 +209,12 @@ def watch_collapse(run: Run, event: dict) -> None:
 def maybe_check_replicas(run: Run) -> None:
     """The design promises replicated fp32 trainable parameters that no rank lets drift: check it."""
     every = run.cfg.train.check_replicas_every
-    if not every or run.step % every:
+    if not every or run.state.step % every:
         return
     params = list(run.model.method.parameters())
     identical = distributed.replicas_identical(params)
-    run.monitor.log({"event": "replica_check", "step": run.step, "identical": identical,
+    run.monitor.log({"event": "replica_check", "step": run.state.step, "identical": identical,
                      "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in params}),
                      "partitioned": any(distributed.is_partitioned(p) for p in params)})
     if not identical:
-        raise RuntimeError(f"step {run.step}: trainable parameters differ between ranks")
+        raise RuntimeError(f"step {run.state.step}: trainable parameters differ between ranks")

@@ -4,7 +4,8 @@ Also runs as `deepspeed --module trainer`, `torchrun -m trainer`, under mpirun o
 `python -m trainer` / `smop-train` (one rank). With no arguments it trains SMoP on the embedded default:
 the small T5 and the synthetic tasks shipped in trainer/assets.
 
-This module only composes: read and check the inputs, join the process group, build the run, train, save.
+This module only composes: read and check the inputs, join the process group, build the run from builders
+that return what they build and change nothing they are given, train, save.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
-from trainer.config import RunConfig, load_config, shipped_path
-from trainer.data.batch import encode, task_names
+from trainer.config import RunConfig, load_config
+from trainer.data.batch import Encoded, encode_splits, task_names
 from trainer.data.mixture import build_order
 from trainer.data.splits import RunSplits, load_splits
 from trainer.data.tokenizer import build_tokenizer
@@ -25,19 +27,23 @@ from trainer.evaluation import evaluate
 from trainer.inference.adapter import adapter_meta, save_adapter
 from trainer.loop import Run, train_guarded
 from trainer.methods.prompted import PromptedT5
-from trainer.methods.registry import InitContext, build_method, get_method
+from trainer.methods.registry import InitContext, MethodSpec, build_method, get_method
 from trainer.monitor.monitor import CollapseDetector, Monitor
 from trainer.monitor.provenance import write_run_files
 from trainer.monitor.report import describe, print_result
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.paths import FINAL_METHOD_FILE, shipped_path
+from trainer.perf.flops import ANALYTIC_METHODS
+from trainer.perf.plan import Workload, startup_notice
+from trainer.perf.shapes import T5Shape
 from trainer.runtime import checkpoint, distributed, resume
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
 from trainer.runtime.guard import EXIT_BAD_INPUT, StepGuard
-from trainer.runtime.placement_plan import startup_notice
+from trainer.runtime.hardware import hardware
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
-
+from trainer.state import TrainState
 
 @dataclass
 class Inputs:
@@ -45,6 +51,7 @@ class Inputs:
 
     cfg: RunConfig
     ds_config: dict
+    """As read from cfg.ds_config; the run's batch keys are merged into a copy (`build_run`)."""
     splits: RunSplits
     tokenizer: object
 
@@ -56,24 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         dist = distributed.init(inputs.cfg.collective_timeout_s / 60)
         found = resume.plan(inputs.cfg, dist)
         run = build_run(inputs, dist)
-        checkpoint.restore(run, found)
+        if found is not None:
+            checkpoint.restore(run.state, found, dist, run.cfg.seed)
+            run.monitor.resumed(run.state.step, found.path, dist.world_size, found.meta["world_size"])
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         distributed.destroy()  # a no-op before init; after it, a clean exit for gloo's threads
         return EXIT_BAD_INPUT
     if dist.is_main:
-        write_run_files(run.cfg, inputs.ds_config, dist, run.model.backbone, run.tokenizer)
-        describe(run)
-        if notice := startup_notice(run, inputs.ds_config):  # a faster placement of the backbone fits
+        write_run_files(run.cfg, run.ds_config, dist, run.model.backbone, run.tokenizer)
+        report_setup(run)
+        if notice := placement_notice(run):  # a faster placement of the backbone fits
             print(notice)
-    run.update.log_backbone_norm(run.monitor, run.step)
+    run.update.log_backbone_norm(run.monitor, run.state.step)
     code, result = train_guarded(run)
     if code is not None:
         return code
-    run.update.log_backbone_norm(run.monitor, run.step)
+    run.update.log_backbone_norm(run.monitor, run.state.step)
     if run.update.trains_backbone:
         distributed.save_backbone(run.update.engine, run.cfg.output_dir)
-    if run.test_data is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
+    if run.data.test is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
         result = evaluate(run, test=True)
     if dist.is_main:
         save_method(run)
@@ -101,60 +110,108 @@ def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
     return Inputs(cfg, ds_config, splits, tokenizer)
 
 
+# --- builders: each returns what it builds and changes nothing it is given -------------------------------
+
 def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
-    """Batch sizes, ds_config, the backbone and the method (sharded, initialised), the update path, the data."""
-    cfg, tokenizer, t, p = inputs.cfg, inputs.tokenizer, inputs.cfg.train, inputs.cfg.prompt
-    micro, accum, global_batch = resolve_batch(t, dist.world_size)
-    ds_config = inputs.ds_config = merge_batch(inputs.ds_config, micro, accum, global_batch, cfg.ds_config)
+    """The batch layout and ds_config, the backbone and the method (sharded, initialised), the update path,
+    the data and the training state."""
+    cfg, tokenizer = inputs.cfg, inputs.tokenizer
+    layout = resolve_batch(cfg.train, dist.world_size)
+    ds_config = merge_batch(inputs.ds_config, layout, cfg.ds_config)
+    spec, backbone, method = build_model(cfg, len(tokenizer), ds_config)
+    data = encode_splits(inputs.splits, tokenizer, cfg.data, method.prompt_length)
+    guard = StepGuard(cfg.train.max_nonfinite, cfg.checkpoint.stop_at)
+    backbone, update = build_update(cfg, spec, backbone, method, ds_config, dist, guard, tokenizer, data.train)
+    names = task_names(cfg.data)
+    state = TrainState(method, update.optimizer, update.scheduler, guard,
+                       build_order(cfg.data, data.train, len(names), layout.global_batch, cfg.seed), layout)
+    return Run(cfg=cfg, dist=dist, ds_config=ds_config, model=PromptedT5(backbone, method), update=update,
+               state=state, data=data, tokenizer=tokenizer, task_names=names,
+               monitor=Monitor(cfg.output_dir, dist.is_main), collapse=build_collapse_detector(cfg, method))
+
+
+def build_model(cfg: RunConfig, vocab_size: int, ds_config: dict) -> tuple[MethodSpec, nn.Module, nn.Module]:
+    """The method's spec, the frozen backbone (built into ZeRO-3 partitions when the ds_config says so) and
+    the method's module, attached to the backbone where the method hooks into it; nothing is sharded yet."""
+    t = cfg.train
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.model, len(tokenizer), ds_config, param_dtype(ds_config))
+    backbone = build_backbone(cfg.model, vocab_size, ds_config, param_dtype(ds_config))
     if t.activation_checkpointing:
         # Non-reentrant: the backbone is frozen, and only the activations (the prompts' path) need gradients.
         backbone.activation_checkpointing_enable({"use_reentrant": False})
     if t.compile:
         compile_blocks(backbone, distributed.is_zero3(ds_config))
-    spec, method = get_method(p.method), build_method(p, backbone.config)
+    spec, method = get_method(cfg.prompt.method), build_method(cfg.prompt, backbone.config)
     if spec.attach is not None:
         spec.attach(method, backbone)  # before DeepSpeed installs its own hooks
-    train_data, eval_data, test_data = (
-        encode(s.examples, s.task_ids, tokenizer, cfg.data.max_source_length, method.prompt_length,
-               cfg.data.max_target_length) if s is not None else None
-        for s in (inputs.splits.train, inputs.splits.eval, inputs.splits.test))
-    guard = StepGuard(t.max_nonfinite, cfg.checkpoint.stop_at)
+    return spec, backbone, method
+
+
+def build_update(cfg: RunConfig, spec: MethodSpec, backbone: nn.Module, method: nn.Module, ds_config: dict,
+                 dist: distributed.Dist, guard: StepGuard, tokenizer, train_data: Encoded
+                 ) -> tuple[nn.Module, ReplicatedUpdate | EngineUpdate]:
+    """Shard the backbone and choose the update path: DeepSpeed's engine when the backbone trains, else the
+    method's replicated fp32 parameters (broadcast from rank 0, then initialised from the training data by
+    the method's `initialise`) with their own optimiser. Returns the backbone module to call and the update."""
+    t = cfg.train
     if spec.trains_backbone:
         # The engine is the backbone here: its forward registers the hooks that make engine.backward
         # accumulate gradients correctly over micro batches.
-        backbone = distributed.shard_trainable_backbone(backbone, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
-                                                        lambda optimizer: build_scheduler(optimizer, t))
-        update = EngineUpdate(backbone)
-    else:
-        backbone = distributed.shard_backbone(backbone, ds_config)
-        method.to(dist.device)
-        distributed.broadcast_params(list(method.parameters()))
-        if spec.initialise is not None:  # from the data, the same on every rank; resume then loads the same values
-            spec.initialise(method, p, InitContext(backbone.get_input_embeddings(), tokenizer, train_data,
-                                                   dist.device, cfg.seed))
-        router = getattr(method, "router", None)
-        params = [q for q in method.parameters() if q.requires_grad]
-        optimizer = build_optimizer(params, t, list(router.parameters()) if router is not None else [])
-        update = ReplicatedUpdate(params, optimizer, build_scheduler(optimizer, t), guard, t.max_grad_norm)
+        engine = distributed.shard_trainable_backbone(backbone, ds_config, t.lr, t.weight_decay, t.max_grad_norm,
+                                                      lambda optimizer: build_scheduler(optimizer, t))
+        return engine, EngineUpdate(engine)
+    backbone = distributed.shard_backbone(backbone, ds_config)
+    method.to(dist.device)
+    distributed.broadcast_params(list(method.parameters()))
+    if spec.initialise is not None:  # from the data, the same on every rank; resume then loads the same values
+        spec.initialise(method, cfg.prompt, InitContext(backbone.get_input_embeddings(), tokenizer, train_data,
+                                                        dist.device, cfg.seed))
+    router = getattr(method, "router", None)
+    params = [q for q in method.parameters() if q.requires_grad]
+    optimizer = build_optimizer(params, t, list(router.parameters()) if router is not None else [])
+    return backbone, ReplicatedUpdate(params, optimizer, build_scheduler(optimizer, t), guard, t.max_grad_norm)
+
+
+def build_collapse_detector(cfg: RunConfig, method: nn.Module) -> CollapseDetector | None:
+    """A detector for methods with a trained router, unless monitor.collapse_entropy is 0."""
     router, m = getattr(method, "router", None), cfg.monitor
     watched = router is not None and router.proj is not None and m.collapse_entropy > 0
-    names = task_names(cfg.data)
-    return Run(cfg=cfg, dist=dist, model=PromptedT5(backbone, method), update=update, guard=guard,
-               train_data=train_data, eval_data=eval_data, test_data=test_data, eval_split=inputs.splits.eval.name,
-               order=build_order(cfg.data, train_data, len(names), global_batch, cfg.seed),
-               micro_batch=micro, accum_steps=accum, tokenizer=tokenizer, task_names=names,
-               monitor=Monitor(cfg.output_dir, dist.is_main),
-               collapse=CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None)
+    return CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None
+
+
+# --- what rank 0 reports and writes ---------------------------------------------------------------------
+
+def report_setup(run: Run) -> None:
+    """The setup lines and the `setup` event."""
+    method, backbone = run.model.method, run.model.backbone
+    trainable = sum(distributed.numel(p) for p in (backbone if run.update.trains_backbone else method).parameters())
+    frozen = sum(distributed.numel(p) for p in backbone.parameters())
+    run.monitor.log(describe(run.cfg, run.state.layout, run.ds_config, method, frozen, trainable, run.data,
+                             run.state.step, getattr(run.state.order, "rates", None)))
+
+
+def placement_notice(run: Run) -> str | None:
+    """The start-up placement line (trainer/perf/plan.py) for this run's workload on this job's hardware;
+    None for full fine-tuning (a trained backbone's gradients and optimiser state are not modelled) and for
+    methods without an analytic cost."""
+    cfg, method, layout = run.cfg, run.model.method, run.state.layout
+    if run.update.trains_backbone or cfg.prompt.method not in ANALYTIC_METHODS:
+        return None
+    backbone = run.model.backbone
+    workload = Workload(T5Shape.from_config(backbone.config), bool(backbone.config.tie_word_embeddings),
+                        next(backbone.parameters()).element_size(), sum(p.numel() for p in run.state.trainable),
+                        cfg.data.max_source_length - method.prompt_length, cfg.data.max_target_length,
+                        method.prompt_length, layout.micro, layout.accum, cfg.prompt.method, method.num_prompts)
+    return startup_notice(workload, hardware(run.dist.device, run.dist.world_size, cfg.interconnect_gbps),
+                          run.ds_config)
 
 
 def save_method(run: Run) -> None:
-    """The method's final state beside the run (smop_final.safetensors), and adapter/ where it exports one."""
+    """The method's final state beside the run (method_final.safetensors), and adapter/ for a prompt bank."""
     out, method = Path(run.cfg.output_dir), run.model.method
     save_file({name: t.detach().cpu().contiguous() for name, t in method.state_dict().items()},
-              str(out / "smop_final.safetensors"))
-    if get_method(run.cfg.prompt.method).exports_adapter:
+              str(out / FINAL_METHOD_FILE))
+    if get_method(run.cfg.prompt.method).prompt_bank:
         save_adapter(out / "adapter", method, adapter_meta(run.cfg, run.model.config), run.tokenizer)
 
 

@@ -33,7 +33,7 @@ def test_trainer_writes_a_loadable_adapter_matching_the_final_weights(run_dir):
     adapter = run_dir / "adapter"
     cfg = read_run(run_dir)
     smop = load_adapter(adapter, backbone_config(cfg, len(run_tokenizer(run_dir, cfg))))
-    final = load_file(run_dir / "smop_final.safetensors")
+    final = load_file(run_dir / "method_final.safetensors")
     assert set(final) == set(smop.state_dict())
     for name, value in final.items():
         assert torch.equal(smop.state_dict()[name], value)
@@ -48,11 +48,11 @@ def test_export_reproduces_the_trainers_adapter(run_dir, tmp_path):
 
 
 def test_export_from_a_checkpoint_file_or_folder(run_dir, tmp_path):
-    tensors = {k: v * 2 for k, v in load_file(run_dir / "smop_final.safetensors").items()}
+    tensors = {k: v * 2 for k, v in load_file(run_dir / "method_final.safetensors").items()}
     ckpt = tmp_path / "checkpoints" / "step-000001"
     ckpt.mkdir(parents=True)
-    save_file(tensors, ckpt / "smop.safetensors")
-    for source in (ckpt, ckpt / "smop.safetensors"):
+    save_file(tensors, ckpt / "method.safetensors")
+    for source in (ckpt, ckpt / "method.safetensors"):
         proc = export("--run_dir", run_dir, "--checkpoint", source, "--out", tmp_path / "b", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert torch.equal(load_file(tmp_path / "b" / WEIGHTS)["prompts"], tensors["prompts"])
@@ -62,7 +62,7 @@ def test_export_bad_input_is_one_line_exit_2(run_dir, tmp_path):
     proc = export("--run_dir", tmp_path / "nothing", cwd=tmp_path)
     assert proc.returncode == 2 and "no config.yaml" in proc.stderr and proc.stderr.count("\n") == 1
     bad = tmp_path / "bad.safetensors"
-    tensors = load_file(run_dir / "smop_final.safetensors")
+    tensors = load_file(run_dir / "method_final.safetensors")
     tensors["prompts"][0, 0, 0] = float("nan")
     save_file(tensors, bad)
     proc = export("--run_dir", run_dir, "--checkpoint", bad, "--out", tmp_path / "c", cwd=tmp_path)

@@ -13,7 +13,7 @@ from tests.launch import run_trainer
 from tests.tiny_models import lively_t5
 from trainer.cli.run_files import read_run, run_tokenizer
 from trainer.inference.adapter import config_hash, save_adapter
-from trainer.config import EMBEDDED_DATA_DIR
+from trainer.paths import EMBEDDED_DATA_DIR
 from trainer.runtime.distributed import free_port
 from trainer.methods.smop import SMoP
 from trainer.data.readers import load_split

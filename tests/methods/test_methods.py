@@ -141,7 +141,7 @@ def test_config_selects_methods_and_checks_them():
     def positions(*overrides):
         """What the config check reserves for the method, and what the built module prepends: the same."""
         p = load_config(None, list(overrides)).prompt
-        return get_method(p.method).positions(p), build_method(p, tiny_t5().config).prompt_length
+        return get_method(p.method).prompt_length(p), build_method(p, tiny_t5().config).prompt_length
 
     assert positions("prompt.method=iapt") == (4, 4)
     assert positions("prompt.method=full_finetune") == (0, 0)

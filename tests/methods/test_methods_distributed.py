@@ -59,12 +59,12 @@ def test_iapt_hooks_fire_under_zero3_and_match_one_rank(iapt_runs):
     assert losses(one) == pytest.approx(losses(two), rel=1e-5, abs=1e-6)
     checks = events(two, "replica_check")
     assert len(checks) == 5 and all(c["identical"] and not c["partitioned"] for c in checks)
-    final = load_file(two / "smop_final.safetensors")
+    final = load_file(two / "method_final.safetensors")
     # The up projections start at zero: only gradients through the ZeRO-3 encoder blocks, i.e. hooks that
     # fired, can move them, in every layer.
     assert final["generators.0.up.weight"].abs().sum() > 0 and final["generators.1.up.weight"].abs().sum() > 0
     torch.testing.assert_close(final["generators.1.up.weight"],
-                               load_file(one / "smop_final.safetensors")["generators.1.up.weight"],
+                               load_file(one / "method_final.safetensors")["generators.1.up.weight"],
                                rtol=1e-4, atol=1e-6)
     assert events(two, "setup")[0]["prompt_positions"] == 4
 
@@ -73,5 +73,5 @@ def test_ptuning_lstm_runs_on_two_ranks(tmp_path):
     run_trainer(tmp_path, "prompt.method=ptuning", "prompt.num_prompts=1", "prompt.ptuning_encoder=lstm",
                 "prompt.ptuning_hidden=16", "train.check_replicas_every=2", nproc=2)
     assert all(c["identical"] for c in events(tmp_path, "replica_check"))
-    final = load_file(tmp_path / "smop_final.safetensors")
+    final = load_file(tmp_path / "method_final.safetensors")
     assert {"prompts", "encoder.lstm.weight_ih_l0"} <= final.keys()

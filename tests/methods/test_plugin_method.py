@@ -51,7 +51,7 @@ def test_the_registry_accepts_the_plug_in_in_process():
     from trainer.methods.registry import build_method, get_method
 
     p = load_config(None, ["prompt.method=toy", "prompt.prompt_length=3"]).prompt
-    assert get_method("toy").positions(p) == 3 and not get_method("toy").trains_backbone
+    assert get_method("toy").prompt_length(p) == 3 and not get_method("toy").trains_backbone
     module = build_method(p, type("Config", (), {"d_model": 16})())
     prompts, routing = module(torch.zeros(2, 4, 16), torch.ones(2, 4))
     assert prompts.shape == (2, 3, 16) and routing.weights.shape == (2, 1)
@@ -89,11 +89,11 @@ def test_a_plug_in_method_trains_3_steps_on_2_ranks_like_on_1(tmp_path):
     # The same global batch on 2 ranks or 1: the same losses and the same trained prompt.
     for a, b in zip(events(one, "train"), events(two, "train")):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
-    final_one, final_two = (load_file(str(out / "smop_final.safetensors")) for out in (one, two))
+    final_one, final_two = (load_file(str(out / "method_final.safetensors")) for out in (one, two))
     assert set(final_two) == {"coef", "basis"}
     torch.testing.assert_close(final_one["coef"], final_two["coef"], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(final_two["coef"], torch.full((3, RANK), 1.0 / RANK))  # it trained
-    assert not (two / "adapter").exists()  # exports_adapter is off for it
+    assert not (two / "adapter").exists()  # prompt_bank is off for it
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ run = build_run(inputs, dist)
 reset_stats(run)
 for _ in range(3):
     train_step(run)
-    run.step += 1
+    run.state.step += 1
 # This rank's counts over the log window, before the all-reduce: clean (no noise) and as trained (noisy).
 mine = {key: run.stats[key].tolist() for key in ("clean_counts", "counts")}
 maybe_log(run, tqdm(disable=True), 0.0)

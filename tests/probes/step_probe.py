@@ -182,35 +182,35 @@ def main() -> None:
     real_masked_step = update.masked_step  # the replicated update path's step (trainer/runtime/update.py)
 
     def capturing_step(optimizer, ps, ok):
-        if run.step == 0:
+        if run.state.step == 0:
             captured["grads"] = [q.grad.detach().float().cpu().flatten().tolist() for q in ps]
         return real_masked_step(optimizer, ps, ok)
 
     update.masked_step = capturing_step
     reads = HostReads(dist.device)
     reads.install()
-    before = [q.detach().float().cpu().flatten().tolist() for q in run.params]
+    before = [q.detach().float().cpu().flatten().tolist() for q in run.state.trainable]
     losses, after = [], None
     for _ in range(args.steps):
-        reads.active = run.step > 0
+        reads.active = run.state.step > 0
         loop.train_step(run)
         reads.active = False
-        run.step += 1
-        if run.step == 1:
-            after = [q.detach().float().cpu().flatten().tolist() for q in run.params]
+        run.state.step += 1
+        if run.state.step == 1:
+            after = [q.detach().float().cpu().flatten().tolist() for q in run.state.trainable]
         s = run.stats
         losses.append(float(s["loss_sum"] / s["tokens"]) if float(s["tokens"]) > 0 else float("nan"))
         loop.reset_stats(run)
-        run.guard.poll(run.step + 1)
+        run.state.guard.poll(run.state.step + 1)
     reads.uninstall()
     generated = generate_both(run, args.generate) if args.generate else None
     if dist.is_main:
-        opt = run.optimizer
+        opt = run.state.optimizer
         (out / "probe.json").write_text(json.dumps({
             "device": str(dist.device), "backbone_dtype": str(params[0].dtype), "losses": losses,
             "grads": captured.get("grads"), "params_before": before, "params_after": after,
-            "host_reads": reads.found, "skipped": run.guard.skipped, "generated": generated,
-            "trainable_dtypes": sorted({str(q.dtype) for q in run.params}),
+            "host_reads": reads.found, "skipped": run.state.guard.skipped, "generated": generated,
+            "trainable_dtypes": sorted({str(q.dtype) for q in run.state.trainable}),
             "compiled_blocks": sum(getattr(b.forward, "__name__", "") == "compiled_forward" for b in blocks(backbone)),
             "optimizer": {"type": type(opt).__name__, "fused": bool(opt.defaults.get("fused")),
                           "state_devices": sorted({str(v.device) for st in opt.state.values() for v in st.values()
@@ -223,7 +223,7 @@ def generate_both(run, tokens: int) -> dict:
     """Greedy ids of one micro batch with synced_gpus on and off (trainer.methods.prompted.PromptedT5.generate)."""
     from trainer.data.batch import collate
 
-    batch = collate(run.eval_data, list(range(run.micro_batch)), run.tokenizer.pad_token_id)
+    batch = collate(run.data.eval, list(range(run.state.layout.micro)), run.tokenizer.pad_token_id)
     batch = {k: v.to(run.dist.device) for k, v in batch.items()}
     run.model.train(False)
     return {name: run.model.generate(batch, tokens, synced_gpus=synced)[0].cpu().tolist()

@@ -43,10 +43,10 @@ def test_retention_latest_and_no_leftovers(finished):
 def test_holds_only_what_trains(finished):
     """Prompts and router (not the backbone), optimiser, scheduler and RNG, all readable without pickle."""
     path = finished / "checkpoints" / "step-000005"
-    params = load_file(path / "smop.safetensors")
+    params = load_file(path / "method.safetensors")
     assert set(params) == {"prompts", "router.proj.weight", "router.center"}  # the centre travels with the router
     assert params["prompts"].shape == (4, 5, 32) and params["prompts"].dtype == torch.float32
-    final = load_file(finished / "smop_final.safetensors")
+    final = load_file(finished / "method_final.safetensors")
     assert all(torch.equal(params[k], final[k]) for k in params)
     state = torch.load(path / "state.pt", weights_only=True)
     assert state["scheduler"]["last_epoch"] == 5
@@ -72,7 +72,7 @@ def test_truncated_latest_falls_back_saying_so(copy):
 
 def test_corrupt_bytes_same_size_fall_back(copy):
     root = copy / "checkpoints"
-    weights = root / "step-000005" / "smop.safetensors"
+    weights = root / "step-000005" / "method.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))

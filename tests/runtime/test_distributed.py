@@ -30,7 +30,7 @@ def test_two_ranks_match_one_rank(runs):
     assert len(loss_one) == len(loss_two) == 5
     assert loss_one == pytest.approx(loss_two, rel=1e-5, abs=1e-6)
     assert loss_one[0] != loss_one[-1]  # the parameters moved: the comparison is not of a frozen state
-    final_one, final_two = load_file(one / "smop_final.safetensors"), load_file(two / "smop_final.safetensors")
+    final_one, final_two = load_file(one / "method_final.safetensors"), load_file(two / "method_final.safetensors")
     assert final_one.keys() == final_two.keys() == {"prompts", "router.proj.weight", "router.center"}
     for name in final_one:
         torch.testing.assert_close(final_one[name], final_two[name], rtol=1e-5, atol=1e-6)
@@ -51,7 +51,7 @@ def test_bf16_backbone_keeps_smop_fp32(tmp_path):
     run_trainer(tmp_path, "ds_config=ds_configs/cpu_zero3_bf16.json", "train.check_replicas_every=2", nproc=2)
     checks = events(tmp_path, "replica_check")
     assert checks and all(c["identical"] and c["dtypes"] == ["float32"] and not c["partitioned"] for c in checks)
-    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "smop_final.safetensors").values())
+    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "method_final.safetensors").values())
     assert json.loads((tmp_path / "run_info.json").read_text())["backbone_dtype"] == "bfloat16"
 
 

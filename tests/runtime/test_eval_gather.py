@@ -45,5 +45,5 @@ def test_training_after_a_gathered_evaluation_continues_identically(runs):
 
 
 def test_no_placement_notice_for_the_tiny_cpu_run(runs):
-    """The start-up check predicts nothing clearly faster here (tests/runtime/test_placement.py has the positive case)."""
+    """The start-up check predicts nothing clearly faster here (tests/perf/test_plan.py has the positive case)."""
     assert "placement:" not in runs[2]

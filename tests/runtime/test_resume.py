@@ -19,7 +19,7 @@ def losses(out) -> dict[int, float]:
 
 
 def max_param_diff(a, b) -> float:
-    x, y = load_file(a / "smop_final.safetensors"), load_file(b / "smop_final.safetensors")
+    x, y = load_file(a / "method_final.safetensors"), load_file(b / "method_final.safetensors")
     assert x.keys() == y.keys()
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 

@@ -3,9 +3,9 @@
     smop-count                                       # parameter table, FLOP table at several input lengths
     smop-count --source-lens 100 250 --target-len 2
 
-Nothing is downloaded or allocated: the backbones are built on the meta device from hand-written configs
-(the shapes of google/t5-{base,large,xl,xxl}-lm-adapt), the methods' modules likewise, and FLOPs come
-from trainer/monitor/flops.py's analytic count.
+Nothing is downloaded or allocated: the backbones are built on the meta device from the shape table of
+trainer/perf/shapes.py (google/t5-{base,large,xl,xxl}-lm-adapt), the methods' modules likewise, and FLOPs
+come from trainer/perf/flops.py's analytic count.
 """
 from __future__ import annotations
 
@@ -14,14 +14,11 @@ import argparse
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from trainer.monitor.flops import T5Shape, method_flops
 from trainer.methods.iapt import IAPT
 from trainer.methods.ptuning import PromptEncoder
 from trainer.methods.smop import SMoP
-
-# d_model, d_ff, num_layers, num_heads (d_kv = 64, gated-GELU, untied head, vocab 32128 for all four).
-SHAPES = {"t5-base": (768, 2048, 12, 12), "t5-large": (1024, 2816, 24, 16),
-          "t5-xl": (2048, 5120, 24, 32), "t5-xxl": (4096, 10240, 24, 64)}
+from trainer.perf.flops import method_flops
+from trainer.perf.shapes import T5_SHAPES, T5Shape
 
 # (label, method, k, l): the paper's comparison and the baselines of method.md.
 METHODS = [("SMoP 4x5", "smop", 4, 5), ("prompt tuning 5", "prompt_tuning", 1, 5),
@@ -30,9 +27,12 @@ METHODS = [("SMoP 4x5", "smop", 4, 5), ("prompt tuning 5", "prompt_tuning", 1, 5
 
 
 def config(name: str) -> T5Config:
-    d, d_ff, layers, heads = SHAPES[name]
-    return T5Config(vocab_size=32128, d_model=d, d_ff=d_ff, d_kv=64, num_heads=heads, num_layers=layers,
-                    num_decoder_layers=layers, feed_forward_proj="gated-gelu")
+    """The transformers config of a T5 in the shape table (output layer tied: `trainable_params` adds the
+    v1.1 checkpoints' own head)."""
+    s: T5Shape = T5_SHAPES[name]
+    return T5Config(vocab_size=s.vocab_size, d_model=s.d_model, d_ff=s.d_ff, d_kv=s.d_kv, num_heads=s.num_heads,
+                    num_layers=s.num_layers, num_decoder_layers=s.num_decoder_layers,
+                    feed_forward_proj="gated-gelu" if s.gated else "relu")
 
 
 def trainable_params(cfg: T5Config, method: str, k: int, l: int) -> int:
@@ -60,14 +60,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     print("## Trainable parameters\n")
-    print("| method | " + " | ".join(SHAPES) + " |\n|---|" + "---:|" * len(SHAPES))
+    print("| method | " + " | ".join(T5_SHAPES) + " |\n|---|" + "---:|" * len(T5_SHAPES))
     for label, method, k, l in METHODS:
-        counts = [trainable_params(config(name), method, k, l) for name in SHAPES]
+        counts = [trainable_params(config(name), method, k, l) for name in T5_SHAPES]
         print(f"| {label} | " + " | ".join(f"{c:,}" for c in counts) + " |")
 
     print(f"\n## Inference GFLOPs per example (target {args.target_len} tokens)\n")
-    for name in SHAPES:
-        shape = T5Shape.from_config(config(name))
+    for name in T5_SHAPES:
+        shape = T5_SHAPES[name]
         print(f"### {name}\n\n| method | " + " | ".join(f"S={s}" for s in args.source_lens) + " |")
         print("|---|" + "---:|" * len(args.source_lens))
         flops = {label: [method_flops(method, shape, s, args.target_len, k, l) for s in args.source_lens]

@@ -2,7 +2,8 @@
 
     smop-export --run_dir runs/tiny [--out runs/tiny/adapter] [--checkpoint PATH]
 
-Reads config.yaml, the tokenizer and smop_final.safetensors from the run directory (or, with --checkpoint,
+Reads config.yaml, the tokenizer and method_final.safetensors (smop_final.safetensors in runs from before the
+rename) from the run directory (or, with --checkpoint,
 a safetensors file holding the same keys, `prompts` and `router.proj.weight`, or a checkpoint folder with one
 such file). Writes adapter.safetensors and adapter_config.json (see trainer/inference/adapter.py). No DeepSpeed, no
 process group, no backbone weights are loaded: only the backbone's config, to record its hash.
@@ -21,14 +22,17 @@ from safetensors.torch import load_file
 from trainer.cli.run_files import backbone_config, read_run, run_tokenizer
 from trainer.inference.adapter import adapter_meta, save_adapter
 from trainer.methods.registry import build_method, get_method
+from trainer.paths import FINAL_METHOD_FILE, OLD_FINAL_METHOD_FILE
 
 
 def find_weights(run_dir: Path, checkpoint: str | None) -> Path:
-    """The safetensors file to export: the run's final SMoP, or the one in/at `checkpoint`."""
+    """The safetensors file to export: the run's final method state, or the one in/at `checkpoint`."""
     if checkpoint is None:
-        path = run_dir / "smop_final.safetensors"
+        path = run_dir / FINAL_METHOD_FILE
+        if not path.is_file() and (run_dir / OLD_FINAL_METHOD_FILE).is_file():
+            path = run_dir / OLD_FINAL_METHOD_FILE
         if not path.is_file():
-            raise ValueError(f"run_dir '{run_dir}': no smop_final.safetensors (did the run finish? "
+            raise ValueError(f"run_dir '{run_dir}': no {FINAL_METHOD_FILE} (did the run finish? "
                              "pass --checkpoint for an unfinished one)")
         return path
     path = Path(checkpoint)
@@ -57,9 +61,9 @@ def export(run_dir, out=None, checkpoint: str | None = None) -> Path:
     cfg = read_run(run_dir)
     tokenizer = run_tokenizer(run_dir, cfg)
     config = backbone_config(cfg, len(tokenizer))
-    if not get_method(cfg.prompt.method).exports_adapter:
+    if not get_method(cfg.prompt.method).prompt_bank:
         raise ValueError(f"run_dir '{run_dir}': prompt.method={cfg.prompt.method} exports no adapter "
-                         "(its trained state is smop_final.safetensors)")
+                         f"(its trained state is {FINAL_METHOD_FILE})")
     smop = build_method(cfg.prompt, config)
     path = find_weights(run_dir, checkpoint)
     try:

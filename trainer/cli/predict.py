@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from trainer.cli.run_files import load_backbone, read_run, run_ds_config
+from trainer.config import ModelConfig
 from trainer.inference.adapter import check_backbone, load_adapter, read_adapter_config, tokenizer_path
 from trainer.data.batch import eval_shards, pad
 from trainer.inference.griffin import griffin
@@ -36,6 +37,7 @@ from trainer.inference.multi_adapter import MultiAdapterT5
 from trainer.data.readers import load_split, read_jsonl_lines
 from trainer.data.tasks import get_task
 from trainer.data.tokenizer import load_tokenizer
+from trainer.paths import shipped_path
 
 
 def parse_args(argv):
@@ -138,12 +140,11 @@ def sharded_backbone(args, run_cfg, vocab_size: int, dtype):
     """ZeRO-3: build into partitions (as the trainer does, so a 'tiny' backbone gets the same weights)."""
     from trainer.runtime import distributed
     from trainer.runtime.backbone import build_backbone
-    from trainer.config import ModelConfig
-    from trainer.runtime.ds_config import load_ds_config, merge_batch
+    from trainer.runtime.ds_config import BatchLayout, load_ds_config, merge_batch
 
     dist = distributed.init()
-    ds = merge_batch(load_ds_config(args.ds_config or str(Path(__file__).parents[1] / "ds_configs/cpu_zero3.json")),
-                     1, 1, dist.world_size)
+    ds = merge_batch(load_ds_config(shipped_path(args.ds_config or "ds_configs/cpu_zero3.json")),
+                     BatchLayout(1, 1, dist.world_size))
     if args.backbone == "tiny":
         if run_cfg is None:
             raise ValueError("--backbone tiny needs --run_dir")
@@ -167,7 +168,8 @@ def run(args) -> int:
         mine = predict_shard(args, model, tokenizer, ids, adapter_ids, dist)
     else:
         from trainer.runtime import distributed  # only here: a single-device run never imports DeepSpeed
-        from trainer.runtime.eval_gather import local_ranks, maybe_whole_backbone
+        from trainer.runtime.eval_gather import maybe_whole_backbone
+        from trainer.runtime.hardware import local_ranks
 
         force = {"auto": None, "always": True, "never": False}[args.gather_backbone]
         with maybe_whole_backbone(model.backbone, dist.device, local_ranks(dist.world_size), force):

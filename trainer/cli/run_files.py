@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
 
-from trainer.config import RunConfig, load_config, model_location
+from trainer.config import RunConfig, load_config
+
+from trainer.paths import model_location
 from trainer.data.tokenizer import load_tokenizer
 
 # trainer.runtime.backbone and trainer.runtime.distributed import DeepSpeed; only the 'tiny' replay needs them, so they are
@@ -79,7 +81,7 @@ def tiny_backbone(cfg: RunConfig, ds_config: dict, vocab_size: int, dtype: torch
     """The run's random 'tiny' backbone, bit-identical to the one it trained on, as a plain module in `dtype`."""
     from trainer.runtime import distributed
     from trainer.runtime.backbone import build_backbone
-    from trainer.runtime.ds_config import merge_batch, param_dtype
+    from trainer.runtime.ds_config import BatchLayout, merge_batch, param_dtype
 
     torch.manual_seed(cfg.seed)  # as build_run does right before build_backbone
     built = param_dtype(ds_config)  # initialise in the run's dtype: the random draws depend on it
@@ -88,7 +90,7 @@ def tiny_backbone(cfg: RunConfig, ds_config: dict, vocab_size: int, dtype: torch
     # Replay zero.Init in a world of one; gathering there is local, and the copy is an ordinary module.
     distributed.init()
     ds = merge_batch({k: v for k, v in ds_config.items() if k not in ("train_micro_batch_size_per_gpu",
-                      "gradient_accumulation_steps", "train_batch_size")}, 1, 1, 1)
+                      "gradient_accumulation_steps", "train_batch_size")}, BatchLayout(1, 1, 1))
     try:
         sharded = build_backbone(cfg.model, vocab_size, ds, built)
         plain = T5ForConditionalGeneration._from_config(sharded.config, dtype=built)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from trainer.config import DataConfig
 from trainer.data.tasks import Example
+
+if TYPE_CHECKING:
+    from trainer.config import DataConfig
+    from trainer.data.splits import RunSplits
 
 
 @dataclass
@@ -47,6 +52,27 @@ def encode(examples: list[Example], task_ids: list[int], tokenizer, max_source_l
     labels = [ids[: max_target_length - 1] + [eos] for ids in targets]
     truncated = sum(len(ids) > room for ids in sources)
     return Encoded(examples, task_ids, input_ids, labels, truncated)
+
+
+@dataclass
+class EncodedSplits:
+    """The run's examples as token ids: trained on, evaluated on during training, tested on once at the end."""
+
+    train: Encoded
+    eval: Encoded
+    test: Encoded | None
+    """data.splits=paper: the held-out test set; None otherwise."""
+    eval_name: str
+    """Which split `eval` is ("val", or "dev" with data.splits=paper), for the eval events."""
+
+
+def encode_splits(splits: RunSplits, tokenizer, cfg: DataConfig, prompt_length: int) -> EncodedSplits:
+    """`encode` every split of the run, leaving room for `prompt_length` prompt positions."""
+    def one(split):
+        return None if split is None else encode(split.examples, split.task_ids, tokenizer, cfg.max_source_length,
+                                                 prompt_length, cfg.max_target_length)
+
+    return EncodedSplits(one(splits.train), one(splits.eval), one(splits.test), splits.eval.name)
 
 
 def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,10 +12,22 @@ seeded by (seed, s), and how far each task's epochs have advanced is the count o
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from trainer.config import DataConfig, Mixing
+from trainer.choice import Choice
 from trainer.data.batch import Encoded, LengthGroupedOrder, TrainOrder
+
+if TYPE_CHECKING:
+    from trainer.config import DataConfig
+
+
+class Mixing(Choice):
+    """mixing: how a multi-task mixture samples its tasks."""
+
+    PROPORTIONAL = "proportional"
+    TEMPERATURE = "temperature"
 
 
 def mixing_rates(sizes: list[int], mixing: Mixing, temperature: float) -> list[float]:

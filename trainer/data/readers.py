@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainer.choice import Choice
 from trainer.data.tasks import Example, Task
+
+
+class DataSource(Choice):
+    """data source: a local directory in the official layout, or the Hugging Face hub."""
+
+    LOCAL = "local"
+    HUB = "hub"
 
 SPLITS = ("train", "val", "test")
 _HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}

@@ -20,10 +20,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import EMBEDDED_DATA_DIR, DataConfig, DataSource, Splits
+from typing import TYPE_CHECKING
+
+from trainer.choice import Choice
 from trainer.data.batch import task_names
-from trainer.data.readers import expand, hub_records, load_hub_split, load_split, located_records, split_path
+from trainer.data.readers import (DataSource, expand, hub_records, load_hub_split, load_split, located_records,
+                                  split_path)
 from trainer.data.tasks import Example, Task, get_task, label_index
+from trainer.paths import EMBEDDED_DATA_DIR
+
+if TYPE_CHECKING:
+    from trainer.config import DataConfig
+
+
+class Splits(Choice):
+    """splits: which sets a run trains, evaluates and tests on (official, or the SMoP paper's)."""
+
+    OFFICIAL = "official"
+    PAPER = "paper"
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
-from trainer.config import model_location
 from trainer.data.batch import task_names
 from trainer.data.tasks import get_task
+from trainer.paths import model_location
 
 CACHE_DIR = Path(os.environ.get("SMOP_CACHE", Path.home() / ".cache" / "smop-trainer"))
 

@@ -128,7 +128,7 @@ def load_adapter(directory, backbone_config=None) -> SMoP:
 def adapter_prompt(directory, config: dict) -> PromptConfig:
     """The prompt config an adapter was trained with, as far as it shapes the module: build_method's input."""
     method = config.get("method", "smop")
-    exporting = [name for name, spec in registered().items() if spec.exports_adapter]
+    exporting = [name for name, spec in registered().items() if spec.prompt_bank]
     if method not in exporting:
         raise ValueError(f"adapter '{directory}': method '{method}' is not one that exports adapters "
                          f"({', '.join(exporting)})")

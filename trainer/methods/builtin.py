@@ -44,8 +44,8 @@ def initialise_smop(smop: SMoP, p, ctx: InitContext) -> None:
         fit_router(router, x, kmeans, ctx.seed)
 
 
-@register("prompt_tuning", initialise=initialise_smop, check=one_prompt, exports_adapter=True)
-@register("smop", initialise=initialise_smop, exports_adapter=True)  # the lower decorator registers first
+@register("prompt_tuning", initialise=initialise_smop, check=one_prompt, prompt_bank=True)
+@register("smop", initialise=initialise_smop, prompt_bank=True)  # the lower decorator registers first
 def build_smop(p, backbone_config) -> SMoP:
     """k prompts of l tokens and a router (prompt tuning: k = 1, no router)."""
     return SMoP(backbone_config.d_model, p.num_prompts, p.prompt_length, p.routing, p.top_k, p.noise_scale,
@@ -63,11 +63,11 @@ def attach_iapt(iapt: IAPT, backbone: nn.Module) -> None:
     iapt.attach(backbone.encoder.block)  # before DeepSpeed installs its own hooks on the blocks
 
 
-@register("iapt", attach=attach_iapt, positions=lambda p: p.iapt_prompts)
+@register("iapt", attach=attach_iapt, prompt_length=lambda p: p.iapt_prompts)
 def build_iapt(p, backbone_config) -> IAPT:
     return IAPT(backbone_config.d_model, backbone_config.num_layers, p.iapt_bottleneck, p.iapt_prompts)
 
 
-@register("full_finetune", trains_backbone=True, positions=lambda p: 0)
+@register("full_finetune", trains_backbone=True, prompt_length=lambda p: 0)
 def build_full_finetune(p, backbone_config) -> NoPrompt:
     return NoPrompt(backbone_config.d_model)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.methods.choice import Choice
+from trainer.choice import Choice
 
 
 

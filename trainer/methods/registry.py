@@ -4,7 +4,7 @@ A method is a registry entry (`MethodSpec`) whose `build` returns the module tha
 `PromptedT5`. SMoP, prompt tuning, P-tuning, IAPT and full fine-tuning are the shipped entries
 (trainer/methods/builtin.py); a new one is a module with the `PromptMethod` shape and one `register` call
 (README "Adding a method"). The trainer, `smop-export`, adapter loading and `smop-predict` all build through
-`build_method`: nothing else constructs a method (trainer/monitor/flops.py knows the shipped ones' analytic
+`build_method`: nothing else constructs a method (trainer/perf/flops.py knows the shipped ones' analytic
 cost by name, and has none for a plug-in).
 
 Builders receive the run config's `prompt` section and the backbone's `T5Config` (duck-typed: this package
@@ -64,20 +64,22 @@ class MethodSpec:
     attach: (module, unsharded backbone) -> None, run before the backbone is sharded, for methods that hook
         into the backbone itself (IAPT's per-layer generators).
     check: (prompt config) -> None, raises ValueError naming a prompt.* key this method cannot take.
-    positions: (prompt config) -> the module's `prompt_length`, known before anything is built so that the
-        config check can leave room for the input (default: prompt.prompt_length).
+    prompt_length: (prompt config) -> the module's `prompt_length` (positions prepended to every input),
+        known before anything is built so that the config check can leave room for the input (default:
+        prompt.prompt_length).
     trains_backbone: the backbone trains under DeepSpeed's engine (full fine-tuning); otherwise it is frozen
         and only the module's replicated parameters train, with their own optimiser and one all-reduce.
-    exports_adapter: the module is an `SMoP` whose trained state `save_adapter` writes as adapter/.
+    prompt_bank: the module is an `SMoP` prompt bank (k stored prompts and, for k > 1, a router): the adapter
+        format describes exactly that, so the run writes it as adapter/ and `smop-predict` serves it.
     """
 
     build: Callable
     initialise: Callable | None = None
     attach: Callable | None = None
     check: Callable | None = None
-    positions: Callable = lambda prompt: prompt.prompt_length
+    prompt_length: Callable = lambda prompt: prompt.prompt_length
     trains_backbone: bool = False
-    exports_adapter: bool = False
+    prompt_bank: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -94,11 +96,8 @@ def register(name: str, **spec) -> Callable:
 
 
 def registered() -> dict[str, MethodSpec]:
-    """Every registered method by name, the shipped ones first."""
-    # The shipped entries register on first use, not at import: they import the data pipeline, which
-    # imports trainer.config, which imports this package for its enums.
-    from trainer.methods import builtin  # noqa: F401
-
+    """Every registered method by name, the shipped ones first (trainer/methods/__init__.py registers them
+    when the package is first imported, before any module of it can be used)."""
     return METHODS
 
 

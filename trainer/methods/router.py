@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.methods.choice import Choice
+from trainer.choice import Choice
 
 
 class RoutingVariant(Choice):

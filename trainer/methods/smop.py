@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.methods.choice import Choice
+from trainer.choice import Choice
 from trainer.methods.router import Router, Routing, single_prompt
 
 

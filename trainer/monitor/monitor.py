@@ -91,6 +91,20 @@ class Monitor:
                     for i, f in enumerate(shares):
                         self.writer.add_scalar(f"{kind}/{key}/{task}/{i}", f, step)
 
+    def resumed(self, step: int, checkpoint: Path, world_size: int, previous_world_size: int) -> None:
+        """A run continues from the checkpoint of `step`: metrics.jsonl keeps one history, so the events
+        logged after that checkpoint (then lost) are removed, and a `resume` event says where it went on.
+
+        Rewritten in place, not replaced, because this monitor holds the file open for appending."""
+        if self.enabled:
+            with open(self.output_dir / "metrics.jsonl", "r+") as f:
+                kept = [line for line in f if _step_of(line) <= step]
+                f.seek(0)
+                f.writelines(kept)
+                f.truncate()
+        self.log({"event": "resume", "step": step, "checkpoint": str(checkpoint), "world_size": world_size,
+                  "previous_world_size": previous_world_size})
+
     def close(self, plots: bool = False) -> None:
         """Close the files; with `plots`, first draw the run's pictures (trainer/monitor/plots.py) into
         output_dir/plots/ and TensorBoard, and say where they are."""
@@ -108,3 +122,10 @@ class Monitor:
                 if paths:
                     print(f"pictures: {self.output_dir / 'plots'}/ ({', '.join(p.name for p in paths)})")
         self.writer.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a line cut short by the crash that we are resuming from

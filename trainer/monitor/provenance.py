@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from trainer.config import REPO_ROOT, RunConfig, to_dict
+from trainer.config import RunConfig, to_dict
+
+from trainer.paths import REPO_ROOT
 from trainer.runtime import distributed
 
 

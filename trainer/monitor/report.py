@@ -1,29 +1,30 @@
 """What rank 0 prints: the run's setup before step 0, and the result of an evaluation."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-from trainer.runtime import distributed
+def describe(cfg, layout, ds_config: dict, method, frozen: int, trainable: int, data, step: int,
+             rates: list[float] | None = None) -> dict:
+    """Print the run's setup before its first step (rank 0 calls it); returns the `setup` event to log.
 
-def describe(run) -> None:
-    method, cfg = run.model.method, run.cfg
-    trainable = sum(distributed.numel(p) for p in (run.model.backbone if run.update.trains_backbone else method).parameters())
-    frozen = sum(distributed.numel(p) for p in run.model.backbone.parameters())
-    stage = json.loads((Path(cfg.output_dir) / "ds_config.json").read_text()).get("zero_optimization", {})
-    print(f"world {run.dist.world_size} | batch {run.micro_batch} x accum {run.accum_steps} x world "
-          f"{run.dist.world_size} = {run.order.global_batch} | ZeRO stage {stage.get('stage', 0)}")
+    cfg: the run config; layout: its `BatchLayout`; ds_config: the merged DeepSpeed config; method: the module
+    in the prompt slot; frozen / trainable: parameter counts (the backbone's; what trains); data: the
+    `EncodedSplits`; step: where the run starts; rates: a temperature mixture's task sampling rates.
+    """
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    print(f"world {layout.world} | batch {layout.micro} x accum {layout.accum} x world {layout.world} = "
+          f"{layout.global_batch} | ZeRO stage {stage}")
     print(f"backbone {cfg.model.name_or_path}: {frozen:,} params | {cfg.prompt.method}: "
           f"{method.num_prompts} x {method.prompt_length} prompts, routing {cfg.prompt.routing.value}, "
           f"{trainable:,} trainable params")
-    run.monitor.log({"event": "setup", "step": run.step, "method": cfg.prompt.method,
-                     "trainable_params": trainable, "prompt_positions": method.prompt_length})
-    truncated = run.train_data.truncated + run.eval_data.truncated
-    test = f", {len(run.test_data.examples)} test" if run.test_data is not None else ""
-    print(f"data {cfg.data.task} ({cfg.data.splits.value} splits): {len(run.train_data.examples)} train, "
-          f"{len(run.eval_data.examples)} {run.eval_split}{test}"
+    truncated = data.train.truncated + data.eval.truncated
+    test = f", {len(data.test.examples)} test" if data.test is not None else ""
+    print(f"data {cfg.data.task} ({cfg.data.splits.value} splits): {len(data.train.examples)} train, "
+          f"{len(data.eval.examples)} {data.eval_name}{test}"
           + (f", {truncated} inputs truncated to max_source_length" if truncated else "")
-          + (f", mixing rates {[round(r, 3) for r in run.order.rates]}" if hasattr(run.order, "rates") else ""))
+          + (f", mixing rates {[round(r, 3) for r in rates]}" if rates is not None else ""))
+    return {"event": "setup", "step": step, "method": cfg.prompt.method, "trainable_params": trainable,
+            "prompt_positions": method.prompt_length}
+
 
 def print_result(event: dict) -> None:
     metrics = {k: v for k, v in event.items() if "/" in k or k == "average"}

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from trainer.config import ModelConfig, model_location
+from trainer.config import ModelConfig
+
+from trainer.paths import model_location
 from trainer.runtime.distributed import zero3_construction
 
 

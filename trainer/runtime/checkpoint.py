@@ -1,14 +1,14 @@
 """Checkpoints of what trains, and resuming from them.
 
-A checkpoint is `output_dir/checkpoints/step-NNNNNN/` holding only the trainable state: the SMoP
-parameters (`smop.safetensors`), the optimiser and scheduler state and every rank's RNG (`state.pt`,
-tensors and plain values only, read back with `torch.load(weights_only=True)`), and `meta.json` (step,
-batch layout, and the size and SHA-256 of each file). The frozen backbone is never saved: it is rebuilt
-from `model.name_or_path`. The data order and router noise are pure functions of (seed, step), so the
-step is the whole data-loader position.
+A checkpoint is `output_dir/checkpoints/step-NNNNNN/` holding only the training state (`trainer/state.py`):
+the method's parameters (`method.safetensors`; `smop.safetensors` in checkpoints written before the rename is
+still read), the optimiser and scheduler state and every rank's RNG (`state.pt`, tensors and plain values
+only, read back with `torch.load(weights_only=True)`), and `meta.json` (step, batch layout, and the size and
+SHA-256 of each file). The frozen backbone is never saved: it is rebuilt from `model.name_or_path`. The data
+order and router noise are pure functions of (seed, step), so the step is the whole data-loader position.
 
-The SMoP parameters and their optimiser state are replicated on every rank, outside ZeRO, so rank 0 writes
-them once; that is also what lets a run resume on a different number of ranks.
+The method's parameters and their optimiser state are replicated on every rank, outside ZeRO, so rank 0
+writes them once; that is also what lets a run resume on a different number of ranks.
 
 Crash safety: a checkpoint is written into a temporary directory, fsynced and renamed into place; then the
 `latest` file is rewritten the same way (write, fsync, rename). A crash at any moment leaves `latest`
@@ -28,11 +28,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.runtime import distributed
 from trainer.config import RunConfig
+from trainer.runtime import distributed
+from trainer.runtime.distributed import Dist
+from trainer.state import TrainState
 
 FORMAT = 1
-FILES = ("smop.safetensors", "state.pt")
+METHOD_FILE = "method.safetensors"
+OLD_METHOD_FILE = "smop.safetensors"  # the name before it held any method's state; still read
 
 
 @dataclass
@@ -57,28 +60,32 @@ def step_name(step: int) -> str:
 
 # --- writing --------------------------------------------------------------------------------------------
 
-def save(run, reason: str) -> Path:
-    """Write a checkpoint of `run` at its current step; called on every rank (it gathers the RNG states)."""
+def save(state: TrainState, dist: Dist, root: Path, keep: int, reason: str) -> Path:
+    """Write a checkpoint of `state` at its step into `root`, keeping the newest `keep`; returns its folder.
+
+    Called on every rank: it gathers every rank's RNG state, and rank 0 writes.
+    """
     rng = distributed.all_gather_objects(torch.get_rng_state())  # dropout draws differ per rank
     # On CUDA dropout draws from the device's generator, which the CPU state above does not cover.
     device_rng = distributed.all_gather_objects(
-        torch.cuda.get_rng_state(run.dist.device) if run.dist.device.type == "cuda" else None)
-    root, name = checkpoints_dir(run.cfg), step_name(run.step)
-    if run.dist.is_main:
+        torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None)
+    name = step_name(state.step)
+    if dist.is_main:
         tmp = root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in run.model.method.state_dict().items()},
-                  str(tmp / "smop.safetensors"))
-        torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.method.state_dict().items()},
+                  str(tmp / METHOD_FILE))
+        torch.save({"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
                     "rng": rng, "device_rng": device_rng}, tmp / "state.pt")
-        meta = {"format": FORMAT, "step": run.step, "reason": reason, "world_size": run.dist.world_size,
-                "global_batch": run.order.global_batch, "micro_batch": run.micro_batch,
-                "accum_steps": run.accum_steps, "nonfinite_skipped": run.guard.skipped,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in FILES}}
+        files = (METHOD_FILE, "state.pt")
+        layout = state.layout
+        meta = {"format": FORMAT, "step": state.step, "reason": reason, "world_size": layout.world,
+                "global_batch": layout.global_batch, "micro_batch": layout.micro, "accum_steps": layout.accum,
+                "nonfinite_skipped": state.guard.skipped, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
         _write_synced(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-        for f in FILES:
+        for f in files:
             _fsync_file(tmp / f)
         final = root / name
         if final.exists():  # a re-save of the same step (e.g. a resumed run that ends where it resumed)
@@ -86,7 +93,7 @@ def save(run, reason: str) -> Path:
         os.replace(tmp, final)
         _fsync_dir(root)
         _write_synced(root / "latest", name + "\n", atomic=True)
-        _prune(root, run.cfg.checkpoint.keep, keep_name=name)
+        _prune(root, keep, keep_name=name)
     distributed.barrier()  # nobody runs ahead (or exits) while rank 0 is still writing
     return root / name
 
@@ -141,7 +148,10 @@ def verify(path: Path) -> dict:
         raise CheckpointError(f"{path}/meta.json: unreadable ({e.__class__.__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
         raise CheckpointError(f"{path}/meta.json: not a format-{FORMAT} checkpoint description")
-    for name in FILES:
+    if not (METHOD_FILE in meta["files"] or OLD_METHOD_FILE in meta["files"]) or "state.pt" not in meta["files"]:
+        raise CheckpointError(f"{path}/meta.json: lists {', '.join(meta['files']) or 'no files'}, "
+                              f"not {METHOD_FILE} and state.pt")
+    for name in meta["files"]:
         expected, file = meta["files"].get(name, {}), path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
@@ -197,52 +207,35 @@ def locate(cfg: RunConfig, say=print) -> Resume | None:
 
 # --- reading --------------------------------------------------------------------------------------------
 
-def restore(run, resume: Resume | None) -> None:
-    """Load the trainable state of `resume` into `run` (every rank reads the same files)."""
-    if resume is None:
-        return
+def method_file(path: Path) -> Path:
+    """The method's parameters in checkpoint `path` (the file's name before the rename, in an old one)."""
+    return path / METHOD_FILE if (path / METHOD_FILE).exists() else path / OLD_METHOD_FILE
+
+
+def restore(state: TrainState, resume: Resume, dist: Dist, seed: int) -> None:
+    """Load the checkpoint `resume` into `state` (every rank reads the same files).
+
+    The RNG of each rank comes back when the world size is the checkpoint's; otherwise it is reseeded from
+    (seed, step, rank): dropout masks cannot match another world size anyway.
+    """
     meta, path = resume.meta, resume.path
     try:
-        smop_state = load_file(str(path / "smop.safetensors"))
-        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        run.model.method.load_state_dict({k: v.to(run.dist.device) for k, v in smop_state.items()})
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
+        method_state = load_file(str(method_file(path)))
+        saved = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+        state.method.load_state_dict({k: v.to(dist.device) for k, v in method_state.items()})
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
     except (RuntimeError, KeyError, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: does not fit this run ({str(e).splitlines()[0]})") from None
-    run.step, run.guard.skipped = meta["step"], meta.get("nonfinite_skipped", 0)
-    rng = state["rng"]
-    if len(rng) == run.dist.world_size:
-        torch.set_rng_state(rng[run.dist.rank])
-        device_rng = state.get("device_rng", [None] * len(rng))[run.dist.rank]  # absent before CUDA states
-        if device_rng is not None and run.dist.device.type == "cuda":
-            torch.cuda.set_rng_state(device_rng, run.dist.device)
-    else:  # dropout masks cannot match another world size anyway; keep ranks distinct and reproducible
-        torch.manual_seed(run.cfg.seed * 1_000_003 + run.step * 101 + run.dist.rank)
-    _drop_later_events(run)
-    run.monitor.log({"event": "resume", "step": run.step, "checkpoint": str(path),
-                     "world_size": run.dist.world_size, "previous_world_size": meta["world_size"]})
-
-
-def _drop_later_events(run) -> None:
-    """metrics.jsonl keeps one history: events logged after the checkpoint (then lost) are removed.
-
-    Rewritten in place, not replaced, because the monitor already holds the file open for appending."""
-    path = Path(run.cfg.output_dir) / "metrics.jsonl"
-    if not run.dist.is_main or not path.exists():
-        return
-    with open(path, "r+") as f:
-        kept = [line for line in f if _step_of(line) <= run.step]
-        f.seek(0)
-        f.writelines(kept)
-        f.truncate()
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")  # a line cut short by the crash that we are resuming from
+    state.step, state.guard.skipped = meta["step"], meta.get("nonfinite_skipped", 0)
+    rng = saved["rng"]
+    if len(rng) == dist.world_size:
+        torch.set_rng_state(rng[dist.rank])
+        device_rng = saved.get("device_rng", [None] * len(rng))[dist.rank]  # absent before CUDA states
+        if device_rng is not None and dist.device.type == "cuda":
+            torch.cuda.set_rng_state(device_rng, dist.device)
+    else:
+        torch.manual_seed(seed * 1_000_003 + state.step * 101 + dist.rank)
 
 
 def set_aside_previous(cfg: RunConfig) -> Path | None:

@@ -39,5 +39,5 @@ def compile_blocks(model: nn.Module, zero3: bool, backend: str = "inductor") -> 
         def compiled_forward(*args, _block=block, _eager=eager, _compiled=compiled, **kwargs):
             return (_compiled if _block.training else _eager)(*args, **kwargs)
 
-        compiled_forward.eager = eager  # for side-by-side timing (tools/bench_worker.py)
+        compiled_forward.eager = eager  # for side-by-side timing (tools/bench/worker.py)
         block.forward = compiled_forward

@@ -9,10 +9,10 @@ The decision is taken on every rank and must agree, since gathering is collectiv
 from __future__ import annotations
 
 import contextlib
-import functools
 
+from trainer.perf.plan import whole_backbone_fits
 from trainer.runtime import distributed
-from trainer.runtime.placement_plan import device_memory, memory_in_use, whole_backbone_fits
+from trainer.runtime.hardware import device_memory, memory_in_use
 
 
 def gather_wanted(backbone, device, local_ranks: int, force: bool | None) -> bool:
@@ -30,30 +30,10 @@ def gather_wanted(backbone, device, local_ranks: int, force: bool | None) -> boo
 
 @contextlib.contextmanager
 def maybe_whole_backbone(backbone, device, local_ranks: int, force: bool | None):
-    """The backbone whole on every rank inside the block when `gather_wanted`; else as it was."""
+    """The backbone whole on every rank inside the block when `gather_wanted`; else as it was. Yields
+    whether it was gathered."""
     if gather_wanted(backbone, device, local_ranks, force):
         with distributed.whole_backbone(backbone):
             yield True
     else:
         yield False
-
-
-def gathered_for_evaluation(evaluate):
-    """Decorates `evaluate(run, ...)`: the whole evaluation runs inside `maybe_whole_backbone`."""
-    @functools.wraps(evaluate)
-    def wrapper(run, *args, **kwargs):
-        # Full fine-tuning's backbone is the training engine: left to gather per module as before.
-        force = run.cfg.eval.gather_backbone if not run.update.trains_backbone else False
-        with maybe_whole_backbone(run.model.backbone, run.dist.device, local_ranks(run.dist.world_size),
-                                  force) as gathered:
-            event = evaluate(run, *args, **kwargs)
-        run.monitor.log({"event": "eval_gather", "step": run.step, "backbone_gathered": gathered})
-        return event
-    return wrapper
-
-
-def local_ranks(world_size: int) -> int:
-    """Ranks sharing this node's memory (the launchers set LOCAL_WORLD_SIZE)."""
-    import os
-
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
