@@ -10,6 +10,7 @@ from trainer.config import OptimizerName, load_config
 from trainer.paths import REPO_ROOT, SHIPPED_MODELS, model_location
 from trainer.data.tokenizer import load_tokenizer
 from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
+from trainer.perf.shapes import T5_SHAPES
 from trainer.runtime.ds_config import BATCH_KEYS, BatchLayout, load_ds_config, merge_batch, resolve_batch
 
 
@@ -93,11 +94,8 @@ def test_every_shipped_preset_validates(path):
     deepspeed_accepts(ds, path)
 
 
-# The T5 v1.1 LM-adapted checkpoints (config.json on the hub) each GPU ds_config is sized for.
-VOCAB = 32128
-T5 = {"t5_large": {"d_model": 1024, "inner": 16 * 64, "d_ff": 2816},
-      "t5_xl": {"d_model": 2048, "inner": 32 * 64, "d_ff": 5120},
-      "t5_xxl": {"d_model": 4096, "inner": 64 * 64, "d_ff": 10240}}
+# The T5 v1.1 LM-adapted checkpoints each GPU ds_config is sized for (trainer/perf/shapes.py).
+T5 = {name.replace("-", "_"): T5_SHAPES[name] for name in ("t5-large", "t5-xl", "t5-xxl")}
 DS_CONFIGS = sorted((REPO_ROOT / "ds_configs").glob("*.json"))
 
 
@@ -121,9 +119,9 @@ def test_every_shipped_ds_config_loads_and_merges(path):
 @pytest.mark.parametrize("path", [p for p in DS_CONFIGS if _size(p)], ids=lambda p: p.name)
 def test_gpu_ds_configs_fit_their_t5(path):
     shape, zero = _size(path), load_ds_config(str(path))["zero_optimization"]
-    d = shape["d_model"]
-    embedding, smallest = VOCAB * d, d * shape["inner"]
-    assert embedding > d * shape["d_ff"], "the (un)embedding is the largest matrix"
+    d = shape.d_model
+    embedding, smallest = shape.vocab_size * d, d * shape.inner
+    assert embedding > d * shape.d_ff, "the (un)embedding is the largest matrix"
     # One prefetch bucket must hold the largest matrix, or each gather of it is split into several.
     assert zero["stage3_prefetch_bucket_size"] >= embedding
     assert zero["stage3_max_live_parameters"] >= zero["stage3_prefetch_bucket_size"]

@@ -6,7 +6,7 @@
 #                      [--wheels DIR] [--train-overrides "key=value ..."] [--pack]
 #
 # Steps, in order of what they decide, each under its own time limit (cut to what is left of --budget-s):
-#   1. install   the wheels in --wheels (.whl/, filled by ../shared/tools/gpu-wheels.sh) when DeepSpeed
+#   1. install   the wheels in --wheels (.whl/, filled by tools/cluster/gpu_wheels.sh) when DeepSpeed
 #                is not importable: the GPU image has torch/transformers/PEFT but no DeepSpeed
 #   2. env       versions, devices, memory, bf16 support, nvidia-smi (python -m tools.cluster.gpu_check env)
 #   3. bench     python -m tools.bench at --size (T5-XL) with the arms that decide the speed goals: SMoP 4x5,
@@ -84,7 +84,7 @@ install_wheels() {
   local found=("$wheels"/*.whl)
   shopt -u nullglob
   if [ ${#found[@]} -eq 0 ]; then
-    echo "no wheels in '$wheels' (fill it with ../shared/tools/gpu-wheels.sh)"
+    echo "no wheels in '$wheels' (fill it with: bash tools/cluster/gpu_wheels.sh)"
     [ $dry -eq 1 ] && return 0
     $py -c "import deepspeed" 2>/dev/null && { echo "deepspeed importable: nothing to install"; return 0; }
     return 1

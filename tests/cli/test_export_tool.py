@@ -1,5 +1,6 @@
 """The trainer writes an adapter at the end of a run; smop-export (trainer/cli/export.py) writes the same one from
 the run dir."""
+import shutil
 import subprocess
 import sys
 
@@ -56,6 +57,16 @@ def test_export_from_a_checkpoint_file_or_folder(run_dir, tmp_path):
         proc = export("--run_dir", run_dir, "--checkpoint", source, "--out", tmp_path / "b", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert torch.equal(load_file(tmp_path / "b" / WEIGHTS)["prompts"], tensors["prompts"])
+
+
+def test_export_reads_a_run_from_before_the_rename(run_dir, tmp_path):
+    """Runs written before method_final.safetensors was named for what it holds have smop_final.safetensors."""
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    (old / "method_final.safetensors").rename(old / "smop_final.safetensors")
+    proc = export("--run_dir", old, "--out", tmp_path / "d", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "d" / WEIGHTS).read_bytes() == (run_dir / "adapter" / WEIGHTS).read_bytes()
 
 
 def test_export_bad_input_is_one_line_exit_2(run_dir, tmp_path):

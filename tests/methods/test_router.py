@@ -1,4 +1,4 @@
-"""The router against method.md §1, on random inputs."""
+"""The router against docs/method.md §1, on random inputs."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,7 +144,7 @@ def test_centred_router_subtracts_its_centre_and_saves_it():
 
 
 def test_a_shared_direction_collapses_raw_routing_and_centring_restores_it():
-    """method.md's diagnosis on constructed inputs: a large common direction makes one prompt win for
+    """docs/method.md §2's diagnosis on constructed inputs: a large common direction makes one prompt win for
     every input under the raw router; the same router reading centred inputs uses every prompt."""
     torch.manual_seed(1)
     common, spread = torch.randn(16) * 10, torch.randn(512, 16)

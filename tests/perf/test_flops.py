@@ -5,7 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.perf.flops import method_flops, t5_flops
-from trainer.perf.shapes import T5Shape
+from trainer.perf.shapes import T5_SHAPES, T5Shape
 
 
 def test_hand_count_of_a_tiny_t5():
@@ -33,7 +33,7 @@ def test_matches_torch_flop_counter(gated):
 
 
 def test_methods_order_and_router_cost():
-    s = T5Shape(1024, 2816, 24, 24, 16, 64, 32128, True)
+    s = T5_SHAPES["t5-large"]
     bare = method_flops("full_finetune", s, 100, 2)
     pt5 = method_flops("prompt_tuning", s, 100, 2, 1, 5)
     assert method_flops("smop", s, 100, 2, 4, 5) - pt5 == 2 * 1024 * 4

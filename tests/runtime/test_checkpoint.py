@@ -9,9 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.launch import events, run_trainer
-from trainer.runtime.checkpoint import CheckpointError, find_latest, locate, verify
+from tests.launch import TINY, events, run_trainer
 from trainer.config import load_config
+from trainer.data.batch import TrainOrder
+from trainer.methods.smop import SMoP
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.runtime.checkpoint import CheckpointError, find_latest, locate, restore, verify
+from trainer.runtime.distributed import Dist
+from trainer.runtime.ds_config import BatchLayout
+from trainer.runtime.guard import StepGuard
+from trainer.state import TrainState
 
 pytestmark = pytest.mark.multiprocess
 
@@ -53,6 +60,35 @@ def test_holds_only_what_trains(finished):
     assert {s["step"].item() for s in state["optimizer"]["state"].values()} == {5.0}
     assert len(state["rng"]) == 1 and state["rng"][0].dtype == torch.uint8
     assert sum(f.stat().st_size for f in path.iterdir()) < 100_000  # KBs, not a backbone
+
+
+def test_a_checkpoint_from_before_the_rename_resumes(copy):
+    """Checkpoints written before method.safetensors was named for what it holds (smop.safetensors) verify and
+    restore: the method's values, the optimiser's state, the step and the skipped count come back."""
+    path = copy / "checkpoints" / "step-000005"
+    (path / "method.safetensors").rename(path / "smop.safetensors")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"] = {("smop.safetensors" if k == "method.safetensors" else k): v for k, v in meta["files"].items()}
+    (path / "meta.json").write_text(json.dumps(meta))
+    found = find_latest(copy / "checkpoints", lambda _: None)
+    assert found.path == path
+    state = empty_state()
+    restore(state, found, Dist(0, 1, 0, torch.device("cpu")), seed=42)
+    saved = load_file(path / "smop.safetensors")
+    assert all(torch.equal(state.method.state_dict()[k], v) for k, v in saved.items())
+    assert state.step == 5 and state.guard.skipped == 0 and state.scheduler.last_epoch == 5
+    assert {s["step"].item() for s in state.optimizer.state_dict()["state"].values()} == {5.0}
+
+
+def empty_state() -> TrainState:
+    """A fresh TrainState of the shape the fixture's run trained (4 x 5 prompts, d = 32, centred router)."""
+    cfg = load_config(None, TINY)
+    method = SMoP(32, 4, 5, centered=True)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train, list(method.router.parameters()))
+    layout = BatchLayout(4, 1, 1)
+    return TrainState(method, optimizer, build_scheduler(optimizer, cfg.train), StepGuard(5),
+                      TrainOrder(100, layout.global_batch, 42), layout)
 
 
 def messages():

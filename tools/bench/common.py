@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.perf.shapes import T5_SHAPES
+
 REPO = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "BENCH_RESULT "  # a worker's one result line on stdout; the orchestrator greps for it
 
@@ -42,15 +44,20 @@ class Size:
     """ZeRO-3 config of the size; the ZeRO-2 arm uses its stage-2 sibling."""
 
 
-# T5 v1.1 shapes (google/t5-v1_1-{large,xl,xxl} config.json). The trainer's random backbone ties the output
+# T5 v1.1 shapes (trainer/perf/shapes.py, from google/t5-{large,xl,xxl}-lm-adapt's config.json). The trainer's random backbone ties the output
 # layer to the embedding (see trainer/runtime/backbone.py); v1.1 unties it. Compute per token is the same either way,
 # the parameter count differs by vocab x d (66M for XL). S = 512 is the SMoP/PT papers' SuperGLUE source length
 # (and the MFU target's); T = 8 covers the label words of every SuperGLUE task but ReCoRD.
+def _t5(name: str, micro_batch: int, ds_config: str) -> Size:
+    s = T5_SHAPES[name]
+    return Size(s.d_model, s.d_ff, s.d_kv, s.num_heads, s.num_layers, s.vocab_size, 512, 8, micro_batch, 8, ds_config)
+
+
 SIZES = {
     "tiny": Size(128, 512, 32, 4, 4, 2048, 128, 8, 8, 8, "ds_configs/cpu_zero3.json"),
-    "t5-large": Size(1024, 2816, 64, 16, 24, 32128, 512, 8, 32, 8, "ds_configs/t5_large_zero3_bf16.json"),
-    "t5-xl": Size(2048, 5120, 64, 32, 24, 32128, 512, 8, 16, 8, "ds_configs/t5_xl_zero3_bf16.json"),
-    "t5-xxl": Size(4096, 10240, 64, 64, 24, 32128, 512, 8, 8, 8, "ds_configs/t5_xl_zero3_bf16.json"),
+    "t5-large": _t5("t5-large", 32, "ds_configs/t5_large_zero3_bf16.json"),
+    "t5-xl": _t5("t5-xl", 16, "ds_configs/t5_xl_zero3_bf16.json"),
+    "t5-xxl": _t5("t5-xxl", 8, "ds_configs/t5_xl_zero3_bf16.json"),
 }
 
 

@@ -31,10 +31,13 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.data.batch import pad
 from trainer.inference import griffin
+from trainer.perf.shapes import T5_SHAPES, T5_VOCAB
 
 VOCAB, FIRST = 64, 3  # ids 0 pad, 1 </s>, 2 unused; symbols 3..63
+_BASE = T5_SHAPES["t5-base"]
 SHAPES = {"tiny": dict(d_model=64, d_ff=256, d_kv=16, num_heads=4, num_layers=2),
-          "base": dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12)}
+          "base": dict(d_model=_BASE.d_model, d_ff=_BASE.d_ff, d_kv=_BASE.d_kv, num_heads=_BASE.num_heads,
+                       num_layers=_BASE.num_layers)}
 
 
 def make_model(shape: str, ff: str, vocab: int = VOCAB, seed: int = 0) -> T5ForConditionalGeneration:
@@ -124,7 +127,7 @@ def decode_seconds(model, ids, new_tokens, rho) -> float:
 
 
 def run_speed(args):
-    model = make_model(args.shape, args.ff, vocab=32128 if args.shape == "base" else VOCAB).eval()
+    model = make_model(args.shape, args.ff, vocab=T5_VOCAB if args.shape == "base" else VOCAB).eval()
     for batch in (1, 16):
         ids = torch.randint(FIRST, model.config.vocab_size, (batch, 32), generator=torch.Generator().manual_seed(0))
         for rho in (1.0, 0.5, 0.25):
@@ -136,7 +139,8 @@ def run_speed(args):
                   flush=True)
 
 
-FF_SHAPES = {"base": (768, 2048), "large": (1024, 2816), "xl": (2048, 5120)}  # T5 v1.1 (d_model, d_ff)
+FF_SHAPES = {name: (T5_SHAPES[f"t5-{name}"].d_model, T5_SHAPES[f"t5-{name}"].d_ff) for name in ("base", "large", "xl")}
+"""(d_model, d_ff) of T5 v1.1 base, large and XL, from trainer/perf/shapes.py."""
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from trainer.methods.smop import SMoP
 from trainer.perf.flops import method_flops
 from trainer.perf.shapes import T5_SHAPES, T5Shape
 
-# (label, method, k, l): the paper's comparison and the baselines of method.md.
+# (label, method, k, l): the paper's comparison and the baselines of docs/method.md §3-§6.
 METHODS = [("SMoP 4x5", "smop", 4, 5), ("prompt tuning 5", "prompt_tuning", 1, 5),
            ("prompt tuning 20", "prompt_tuning", 1, 20), ("prompt tuning 100", "prompt_tuning", 1, 100),
            ("P-tuning MLP 20", "ptuning", 1, 20), ("IAPT m=32", "iapt", 1, 4), ("full fine-tuning", "full_finetune", 1, 0)]

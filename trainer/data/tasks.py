@@ -1,4 +1,4 @@
-"""SuperGLUE tasks in text-to-text form (docs/method.md section 5).
+"""SuperGLUE tasks in text-to-text form (docs/method.md §8).
 
 A `Task` turns one raw record into `Example`s. Records may come from the official SuperGLUE jsonl
 distribution (`TASK/{train,val,test}.jsonl`: string or bool labels, nested MultiRC and ReCoRD) or from
@@ -239,7 +239,7 @@ _BOOL = ("False", "True")
 TASKS = {t.name: t for t in [
     Task("boolq", "BoolQ", _BOOL, "accuracy", "boolq",
          _template("boolq passage: {passage} question: {question}")),
-    # The SMoP code spells CB's key "hyopthesis"; method.md corrects it.
+    # The SMoP code spells CB's key "hyopthesis"; docs/method.md §8 corrects it.
     Task("cb", "CB", ("entailment", "contradiction", "neutral"), "accuracy_macro_f1", "cb",
          _template("cb hypothesis: {hypothesis} premise: {premise}")),
     Task("copa", "COPA", ("choice1", "choice2"), "accuracy", "copa",

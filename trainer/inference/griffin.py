@@ -1,4 +1,4 @@
-"""GRIFFIN for T5 (method.md section 4): per-example feed-forward neuron selection in the decoder.
+"""GRIFFIN for T5 (docs/method.md §7): per-example feed-forward neuron selection in the decoder.
 
 Within one sequence the FF neurons that fire strongly are nearly the same at every position ("flocking").
 GRIFFIN (Dong, Chen, Chi 2024) therefore measures, per FF layer, s_j = sqrt(sum_t (Z_tj / ||Z_t||_2)^2) over

@@ -1,12 +1,12 @@
-"""IAPT: Instruction-Aware Prompt Tuning (Zhu et al., ACL 2024), method.md §3.
+"""IAPT: Instruction-Aware Prompt Tuning (Zhu et al., ACL 2024), docs/method.md §6.
 
 Before every encoder layer a small generator reads the hidden states of the real input tokens and writes n
 (default 4) soft tokens at n positions reserved at the front of the encoder input. The prompts are
 generated per input instead of stored, so IAPT fits into the `SMoP` slot of `PromptedT5` only as n zero
 placeholders; the generators run inside forward pre-hooks on the encoder blocks. The hooks are installed
 before DeepSpeed wraps the backbone and do not call any backbone submodule, so the module call order that
-ZeRO-3 records stays the same on every rank and every step (tests/test_iapt.py checks the hooks fire under
-ZeRO-3 on 2 ranks).
+ZeRO-3 records stays the same on every rank and every step (tests/methods/test_methods_distributed.py
+checks the hooks fire under ZeRO-3 on 2 ranks).
 """
 from __future__ import annotations
 

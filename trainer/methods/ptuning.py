@@ -3,7 +3,7 @@ l learned input vectors, rather than free parameters.
 
 It plugs into `SMoP` as its `encoder`: the stored [k, l, d] tensor becomes the encoder's input and the
 encoder's output is the prompt bank, so P-tuning is SMoP with k = 1, no router and this reparameterisation
-(method.md §2). Only the prompts it produces reach the backbone; at inference the encoder can be run once
+(docs/method.md §4). Only the prompts it produces reach the backbone; at inference the encoder can be run once
 and dropped.
 """
 from __future__ import annotations

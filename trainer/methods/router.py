@@ -18,7 +18,7 @@ from trainer.choice import Choice
 
 
 class RoutingVariant(Choice):
-    """routing variant: method.md's routing table (the paper's SMoP, top-1 with noise, and its ablations)."""
+    """routing variant: the routing table of docs/method.md §1 (the paper's SMoP, top-1 with noise, and its ablations)."""
     SMOP = "smop"
     TOP1 = "top1"
     TOPK = "topk"

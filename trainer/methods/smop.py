@@ -81,10 +81,12 @@ def init_prompts(smop: SMoP, how: PromptInit | str, embed: nn.Module | None = No
     """
     how = PromptInit(how)
     with torch.no_grad():
+        # Drawn on the CPU, where `generator` lives (a CPU generator cannot fill a CUDA tensor), then copied:
+        # the same values on every device.
         if how == PromptInit.NORMAL:
-            smop.prompts.normal_(generator=generator)
+            smop.prompts.copy_(torch.empty(smop.prompts.shape).normal_(generator=generator))
         elif how == PromptInit.UNIFORM:
-            smop.prompts.uniform_(-0.5, 0.5, generator=generator)
+            smop.prompts.copy_(torch.empty(smop.prompts.shape).uniform_(-0.5, 0.5, generator=generator))
         else:  # vocab, text
             values = embed(token_ids.to(_device_of(embed)))  # (k, l, d)
             smop.prompts.copy_(values.float().to(smop.prompts.device))

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Fill .whl/ (at the checkout's root; ignored by git) with the wheels a GPU machine's image may lack, so that
+# tools/gpu_check.sh can install them there without a network: DeepSpeed (built here as a pure-Python wheel:
+# its ops compile at run time on the GPU machine) and the few packages it needs that such images often do not
+# ship (hjson, pydantic and its parts; datasets and its own small dependencies).
+#
+#   bash tools/cluster/gpu_wheels.sh          # PYTHON_VERSION=3.12 PLATFORM=manylinux_2_28_x86_64 by default
+#
+# Run it on a machine with a package index, before copying the checkout (with .whl/) to the GPU machine.
+# gpu_check.sh then runs: python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+mkdir -p .whl
+python_version=${PYTHON_VERSION:-3.12}
+ds=${DEEPSPEED_VERSION:-$(python3 -c 'from importlib.metadata import version; print(version("deepspeed"))' 2>/dev/null || echo 0.19.8)}
+# DeepSpeed publishes a source archive only; building it here gives a pure-Python wheel.
+DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps -w .whl "deepspeed==$ds"
+platforms=(--platform "${PLATFORM:-manylinux_2_28_x86_64}" --platform manylinux_2_27_x86_64
+           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+for pkg in hjson pydantic pydantic-core annotated-types typing-inspection datasets dill multiprocess xxhash; do
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" --implementation cp \
+    "${platforms[@]}" -d .whl "$pkg"
+done
+ls -la .whl
