@@ -29,3 +29,30 @@ def random_inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.randint(4, 12, (n,), generator=gen)
     rows = [torch.randint(3, 300, (length,), generator=gen).tolist()[:-1] + [1] for length in lengths.tolist()]
     return pad(rows, 0)  # the last token is </s>
+
+
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma")
+"""The decoder-only architectures the causal family is tested on, each as a tiny random config."""
+
+
+def tiny_causal_config(arch: str = "llama", vocab_size: int = 300, tied: bool = True, **overrides):
+    """A tiny random config of `arch` (width 32, 2 layers, 4 heads over 2 key/value heads), ids as the trainer's
+    trained tokenizers give them (pad 0, </s> 1, no BOS)."""
+    from transformers import AutoConfig
+
+    fields = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  tie_word_embeddings=tied, pad_token_id=0, eos_token_id=1, bos_token_id=None, **overrides)
+    return AutoConfig.for_model(arch, **fields)
+
+
+def lively_causal(arch: str = "llama", seed: int = 0, vocab_size: int = 300):
+    """A tiny random causal LM whose greedy generations differ between inputs and stop at different lengths
+    (a larger init and an untied head whose </s> row is scaled up, as `lively_t5`)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_causal_config(arch, vocab_size, tied=False, initializer_range=0.3))
+    with torch.no_grad():
+        model.lm_head.weight[1] *= 3.0
+    return model.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ from trainer.methods.ptuning import PTuningEncoder
 from trainer.methods.registry import get_method
 from trainer.methods.router import RouterInit, RouterInput, RoutingVariant
 from trainer.methods.smop import PromptInit
+from trainer.models.family import Family
 from trainer.paths import model_location, shipped_path
 
 class OptimizerName(str, enum.Enum):
@@ -35,8 +36,10 @@ class Schedule(str, enum.Enum):
 
 
 @dataclass
-class TinyT5Config:
-    """Shape of the random T5 built when `model.name_or_path` is 'tiny' (T5 v1.1 layout, gated-GELU)."""
+class TinyModelConfig:
+    """Shape of the random backbone built when `model.name_or_path` is 'tiny': a T5 (v1.1 layout, gated-GELU),
+    or with model.family=causal a Llama (gated SiLU feed-forward, rotary positions), both with tied
+    input and output embeddings."""
 
     d_model: int = 128
     """Model width d."""
@@ -46,8 +49,10 @@ class TinyT5Config:
     """Width of one attention head."""
     num_heads: int = 4
     """Attention heads per layer."""
+    kv_heads: int = 0
+    """Causal family: key/value heads (grouped-query attention); 0: num_heads."""
     num_layers: int = 4
-    """Encoder layers (and decoder layers)."""
+    """Encoder layers (and decoder layers); a causal LM's layers."""
     vocab_size: int = 0
     """Vocabulary size; 0 takes the tokenizer's."""
 
@@ -58,14 +63,19 @@ class ModelConfig:
 
     name_or_path: str = "tiny-pretrained"
     """'tiny-pretrained': the small T5 shipped in trainer/assets/tiny-pretrained (pretrained offline on a
-    synthetic language by tools/assets/pretrain_tiny.py); 'tiny': a random T5 from `model.tiny`; else a hub name
-    (google/t5-xl-lm-adapt) or a save_pretrained dir."""
+    synthetic language by tools/assets/pretrain_tiny.py); 'tiny-pretrained-causal': its decoder-only twin (a
+    small Llama); 'tiny': a random backbone from `model.tiny`; else a hub name (google/t5-xl-lm-adapt,
+    meta-llama/Llama-3.1-8B) or a save_pretrained dir."""
+    family: Family = Family.AUTO
+    """'auto': from the backbone's config (encoder-decoder: seq2seq, else causal); 'seq2seq' or 'causal'
+    must agree with it, and with 'tiny' choose which random backbone is built (auto: T5)."""
     tokenizer: str = ""
     """Tokenizer name or dir. Empty: the model's own; for 'tiny', a sentencepiece model trained on the data."""
-    tiny: TinyT5Config = field(default_factory=TinyT5Config)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the 'tiny' backbone."""
     dropout: typing.Optional[float] = None
-    """Backbone dropout rate; None keeps the checkpoint's (T5: 0.1). The frozen backbone still drops out."""
+    """Backbone dropout rate; None keeps the checkpoint's (T5: 0.1; a causal LM: its attention dropout,
+    usually 0). The frozen backbone still drops out."""
     trust_remote_code: bool = False
     """Allow code shipped with a hub checkpoint to run. Off unless you trust the checkpoint."""
 
@@ -148,9 +158,13 @@ class DataConfig:
     temperature: float = 2.0
     """T of mixing=temperature: 1 is proportional in expectation; larger T flattens towards uniform."""
     max_source_length: int = 512
-    """Encoder length including the l prompt positions and the final </s>."""
+    """Encoder length including the l prompt positions and the final </s> (causal family: the prompt and the
+    input, BOS and </s> included)."""
     max_target_length: int = 16
-    """Target tokens including </s>."""
+    """Target tokens including </s>. Causal family: with max_source_length within the backbone's context."""
+    chat_template: bool = False
+    """Causal family: wrap each input in the tokenizer's chat template as one user turn, with the assistant's
+    turn opened (for instruction-tuned backbones); off: the input's tokens and </s>."""
     max_eval_examples: int = 0
     """Evaluate on at most this many examples of each task (dev and test alike); 0: all."""
     group_by_length: int = 0

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from trainer.config import RunConfig
 from trainer.data.batch import EncodedSplits, collate
 from trainer.evaluation import evaluate
-from trainer.methods.prompted import PromptedT5
+from trainer.models.prompted import PromptedModel
 from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
 from trainer.runtime import checkpoint, distributed
 from trainer.runtime.distributed import Dist
@@ -28,7 +28,7 @@ class Run:
     dist: Dist
     ds_config: dict
     """The DeepSpeed config as merged with the run's batch layout (written beside the run's outputs)."""
-    model: PromptedT5
+    model: PromptedModel
     update: ReplicatedUpdate | EngineUpdate
     """How gradients become an update (trainer/runtime/update.py): the method's replicated parameters with
     their own optimiser, or DeepSpeed's engine when the backbone trains."""

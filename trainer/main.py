@@ -13,6 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from safetensors.torch import save_file
@@ -26,8 +27,9 @@ from trainer.data.tokenizer import build_tokenizer
 from trainer.evaluation import evaluate
 from trainer.inference.adapter import adapter_meta, save_adapter
 from trainer.loop import Run, train_guarded
-from trainer.methods.prompted import PromptedT5
 from trainer.methods.registry import InitContext, MethodSpec, build_method, get_method
+from trainer.models.family import Family, family_of, implementation
+from trainer.models.prompted import PromptedModel
 from trainer.monitor.monitor import CollapseDetector, Monitor
 from trainer.monitor.provenance import write_run_files
 from trainer.monitor.report import describe, print_result
@@ -37,6 +39,7 @@ from trainer.perf.flops import ANALYTIC_METHODS
 from trainer.perf.plan import Workload, startup_notice
 from trainer.perf.shapes import T5Shape
 from trainer.runtime import checkpoint, distributed, resume
+from trainer.models.build import backbone_config, check_fit, resolve_family
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
@@ -54,6 +57,10 @@ class Inputs:
     """As read from cfg.ds_config; the run's batch keys are merged into a copy (`build_run`)."""
     splits: RunSplits
     tokenizer: object
+    backbone_config: object
+    """The backbone's Hugging Face config, read without its weights."""
+    family: Family
+    """seq2seq or causal (trainer/models/family.py), resolved from the config."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +113,11 @@ def read_inputs(preset: str | None, overrides: list[str]) -> Inputs:
     ds_config = load_ds_config(shipped_path(cfg.ds_config))
     splits = load_splits(cfg.data)
     tokenizer = build_tokenizer(cfg.model, cfg.data, splits.train.examples)
+    config = backbone_config(cfg.model, len(tokenizer))
+    family = resolve_family(cfg.model, config)
+    check_fit(cfg, config, family, tokenizer, get_method(cfg.prompt.method).prompt_length(cfg.prompt))
     resume.check_output_dir(cfg)  # last: bad data or config fails before anything is created in output_dir
-    return Inputs(cfg, ds_config, splits, tokenizer)
+    return Inputs(cfg, ds_config, splits, tokenizer, config, family)
 
 
 # --- builders: each returns what it builds and changes nothing it is given -------------------------------
@@ -118,32 +128,35 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     cfg, tokenizer = inputs.cfg, inputs.tokenizer
     layout = resolve_batch(cfg.train, dist.world_size)
     ds_config = merge_batch(inputs.ds_config, layout, cfg.ds_config)
-    spec, backbone, method = build_model(cfg, len(tokenizer), ds_config)
-    data = encode_splits(inputs.splits, tokenizer, cfg.data, method.prompt_length)
+    family = implementation(inputs.family)
+    spec, backbone, method = build_model(cfg, inputs.backbone_config, family, ds_config)
+    # A causal LM's input starts with its tokenizer's BOS, when it has one (docs/method.md §10).
+    data = encode_splits(inputs.splits, tokenizer, cfg.data, method.prompt_length, bos=inputs.family == Family.CAUSAL)
     guard = StepGuard(cfg.train.max_nonfinite, cfg.checkpoint.stop_at)
     backbone, update = build_update(cfg, spec, backbone, method, ds_config, dist, guard, tokenizer, data.train)
     names = task_names(cfg.data)
     state = TrainState(method, update.optimizer, update.scheduler, guard,
                        build_order(cfg.data, data.train, len(names), layout.global_batch, cfg.seed), layout)
-    return Run(cfg=cfg, dist=dist, ds_config=ds_config, model=PromptedT5(backbone, method), update=update,
+    return Run(cfg=cfg, dist=dist, ds_config=ds_config, model=PromptedModel(backbone, method, family), update=update,
                state=state, data=data, tokenizer=tokenizer, task_names=names,
                monitor=Monitor(cfg.output_dir, dist.is_main), collapse=build_collapse_detector(cfg, method))
 
 
-def build_model(cfg: RunConfig, vocab_size: int, ds_config: dict) -> tuple[MethodSpec, nn.Module, nn.Module]:
-    """The method's spec, the frozen backbone (built into ZeRO-3 partitions when the ds_config says so) and
-    the method's module, attached to the backbone where the method hooks into it; nothing is sharded yet."""
+def build_model(cfg: RunConfig, config, family: ModuleType, ds_config: dict) -> tuple[MethodSpec, nn.Module, nn.Module]:
+    """The method's spec, the frozen backbone of `config` (built into ZeRO-3 partitions when the ds_config
+    says so) and the method's module, attached to the backbone where the method hooks into it (through the
+    `family` module's structure); nothing is sharded yet."""
     t = cfg.train
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.model, vocab_size, ds_config, param_dtype(ds_config))
+    backbone = build_backbone(cfg.model, config, ds_config, param_dtype(ds_config))
     if t.activation_checkpointing:
         # Non-reentrant: the backbone is frozen, and only the activations (the prompts' path) need gradients.
         backbone.activation_checkpointing_enable({"use_reentrant": False})
     if t.compile:
-        compile_blocks(backbone, distributed.is_zero3(ds_config))
+        compile_blocks(backbone, family.blocks(backbone), distributed.is_zero3(ds_config))
     spec, method = get_method(cfg.prompt.method), build_method(cfg.prompt, backbone.config)
     if spec.attach is not None:
-        spec.attach(method, backbone)  # before DeepSpeed installs its own hooks
+        spec.attach(method, backbone, family)  # before DeepSpeed installs its own hooks
     return spec, backbone, method
 
 
@@ -193,9 +206,10 @@ def report_setup(run: Run) -> None:
 def placement_notice(run: Run) -> str | None:
     """The start-up placement line (trainer/perf/plan.py) for this run's workload on this job's hardware;
     None for full fine-tuning (a trained backbone's gradients and optimiser state are not modelled) and for
-    methods without an analytic cost."""
+    methods without an analytic cost, and for causal LMs (the traffic model is T5's)."""
     cfg, method, layout = run.cfg, run.model.method, run.state.layout
-    if run.update.trains_backbone or cfg.prompt.method not in ANALYTIC_METHODS:
+    if (run.update.trains_backbone or cfg.prompt.method not in ANALYTIC_METHODS
+            or family_of(run.model.config) == Family.CAUSAL):
         return None
     backbone = run.model.backbone
     workload = Workload(T5Shape.from_config(backbone.config), bool(backbone.config.tie_word_embeddings),

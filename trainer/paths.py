@@ -11,8 +11,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
 EMBEDDED_DATA_DIR = PACKAGE_DIR / "assets" / "data"
-SHIPPED_MODELS = {"tiny-pretrained": PACKAGE_DIR / "assets" / "tiny-pretrained"}
-"""Backbones that ship with the trainer, by name (tools/assets/pretrain_tiny.py regenerates tiny-pretrained)."""
+SHIPPED_MODELS = {"tiny-pretrained": PACKAGE_DIR / "assets" / "tiny-pretrained",
+                  "tiny-pretrained-causal": PACKAGE_DIR / "assets" / "tiny-pretrained-causal"}
+"""Backbones that ship with the trainer, by name: a small T5 and a small Llama (tools/assets/pretrain_tiny.py
+regenerates each)."""
 
 FINAL_METHOD_FILE = "method_final.safetensors"
 """The trained method's state dict, written beside a finished run's outputs whatever the method."""

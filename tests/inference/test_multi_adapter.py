@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from tests.tiny_models import lively_t5, random_inputs
-from trainer.methods.prompted import PromptedT5
-from trainer.inference.multi_adapter import MultiAdapterT5
+from trainer.inference.multi_adapter import MultiAdapterModel
+from trainer.models import seq2seq
+from trainer.models.prompted import PromptedModel
 from trainer.methods.smop import SMoP
 
 
@@ -30,17 +31,17 @@ def setup():
 
 
 def alone(model, smop, inputs, rows, max_new_tokens=10):
-    """The reference: PromptedT5, the trainer's single-adapter path, on just these rows, unpadded extra."""
+    """The reference: PromptedModel, the trainer's single-adapter path, on just these rows, unpadded extra."""
     sub = {k: v[rows] for k, v in inputs.items()}
     width = int(sub["attention_mask"].sum(1).max())
     sub = {k: v[:, :width] for k, v in sub.items()}
-    out, routing = PromptedT5(model, smop).generate(sub, max_new_tokens, synced_gpus=False)
+    out, routing = PromptedModel(model, smop, seq2seq).generate(sub, max_new_tokens, synced_gpus=False)
     return out, routing.index
 
 
 def test_mixed_batch_generates_what_each_adapter_generates_alone(setup):
     model, bank, inputs, names = setup
-    multi = MultiAdapterT5(model, bank)
+    multi = MultiAdapterModel(model, bank)
     out, index = multi.generate(inputs, multi.adapter_ids(names), max_new_tokens=10)
     lengths = set()
     for name, smop in bank.items():
@@ -56,19 +57,20 @@ def test_mixed_batch_generates_what_each_adapter_generates_alone(setup):
 
 def test_mixed_batch_scores_equal_alone(setup):
     model, bank, inputs, names = setup
-    multi = MultiAdapterT5(model, bank)
+    multi = MultiAdapterModel(model, bank)
     candidates = [torch.tensor([5, 1]), torch.tensor([7, 9, 1])]
     scores, _ = multi.score_candidates(inputs, multi.adapter_ids(names), candidates)
     for name, smop in bank.items():
         rows = [i for i, n in enumerate(names) if n == name]
-        ref, _ = PromptedT5(model, smop).score_candidates({k: v[rows] for k, v in inputs.items()}, candidates)
+        ref, _ = PromptedModel(model, smop, seq2seq).score_candidates({k: v[rows] for k, v in inputs.items()}, candidates)
         torch.testing.assert_close(scores[rows], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_left_padding_keeps_prompt_next_to_input(setup):
     model, bank, inputs, names = setup
-    multi = MultiAdapterT5(model, bank)
-    embeds, mask, _ = multi.encoder_inputs(inputs["input_ids"], inputs["attention_mask"], multi.adapter_ids(names))
+    multi = MultiAdapterModel(model, bank)
+    embeds, mask, _ = seq2seq.encoder_inputs(model, multi.prompt_fn(multi.adapter_ids(names)), inputs["input_ids"],
+                                             inputs["attention_mask"])
     assert embeds.shape[1] == 5 + inputs["input_ids"].shape[1]
     b_row = names.index("b")  # l = 2 of L = 5: three masked positions, then the prompt, then the input
     assert mask[b_row, :5].tolist() == [0, 0, 0, 1, 1]
@@ -77,8 +79,8 @@ def test_left_padding_keeps_prompt_next_to_input(setup):
 
 def test_unknown_adapter_and_width_mismatch_are_refused(setup):
     model, bank, _, _ = setup
-    multi = MultiAdapterT5(model, bank)
+    multi = MultiAdapterModel(model, bank)
     with pytest.raises(ValueError, match="unknown adapter.*zzz"):
         multi.adapter_ids(["a", "zzz"])
-    with pytest.raises(ValueError, match="d_model"):
-        MultiAdapterT5(model, {"wide": SMoP(64, 2, 3)})
+    with pytest.raises(ValueError, match="width"):
+        MultiAdapterModel(model, {"wide": SMoP(64, 2, 3)})

@@ -7,7 +7,9 @@ from transformers import T5Config, T5ForConditionalGeneration
 from trainer.methods import iapt
 from trainer.methods import ptuning
 from trainer.methods.iapt import IAPT, PromptGenerator, Rational
-from trainer.methods.prompted import NoPrompt, PromptedT5
+from trainer.methods.full_finetune import NoPrompt
+from trainer.models import seq2seq
+from trainer.models.prompted import PromptedModel
 from trainer.methods.ptuning import PromptEncoder
 from trainer.methods.smop import SMoP
 
@@ -99,9 +101,9 @@ def test_iapt_hooks_write_prompts_before_every_encoder_layer():
         block.register_forward_pre_hook(lambda b, args: seen.append(args[0][:, :4].clone()))
     for g in module.generators:
         torch.nn.init.normal_(g.up.weight)
-    wrapped = PromptedT5(model, module)
+    wrapped = PromptedModel(model, module, seq2seq)
     ids, mask = torch.randint(3, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)
-    embeds, full_mask, _ = wrapped.encoder_inputs(ids, mask)
+    embeds, full_mask, _ = seq2seq.encoder_inputs(model, wrapped.prompt_fn(), ids, mask)
     assert embeds.shape == (2, 10, 32) and full_mask[:, :4].eq(1).all()
     model.encoder(inputs_embeds=embeds, attention_mask=full_mask)
     assert len(seen) == 2
@@ -115,7 +117,7 @@ def test_iapt_starts_at_the_frozen_model_and_trains_its_generators():
     model = tiny_t5()
     module = IAPT(32, 2, bottleneck=8)
     module.attach(model.encoder.block)
-    wrapped = PromptedT5(model, module)
+    wrapped = PromptedModel(model, module, seq2seq)
     batch = {"input_ids": torch.randint(3, 50, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
              "labels": torch.randint(3, 50, (2, 3))}
     loss, _, _ = wrapped.loss_sum(batch)
@@ -127,9 +129,9 @@ def test_iapt_starts_at_the_frozen_model_and_trains_its_generators():
 
 def test_no_prompt_leaves_the_input_alone():
     model = tiny_t5()
-    wrapped = PromptedT5(model, NoPrompt(32))
+    wrapped = PromptedModel(model, NoPrompt(32), seq2seq)
     ids, mask = torch.randint(3, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long)
-    embeds, full_mask, _ = wrapped.encoder_inputs(ids, mask)
+    embeds, full_mask, _ = seq2seq.encoder_inputs(model, wrapped.prompt_fn(), ids, mask)
     torch.testing.assert_close(embeds, model.get_input_embeddings()(ids))
     assert torch.equal(full_mask, mask)
 

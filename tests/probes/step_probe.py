@@ -152,7 +152,6 @@ def main() -> None:
 
     from trainer import loop
     from trainer.runtime import distributed, update
-    from trainer.runtime.compile import blocks
     from trainer.main import build_run, read_inputs
 
     out = Path(args.out)
@@ -211,7 +210,8 @@ def main() -> None:
             "grads": captured.get("grads"), "params_before": before, "params_after": after,
             "host_reads": reads.found, "skipped": run.state.guard.skipped, "generated": generated,
             "trainable_dtypes": sorted({str(q.dtype) for q in run.state.trainable}),
-            "compiled_blocks": sum(getattr(b.forward, "__name__", "") == "compiled_forward" for b in blocks(backbone)),
+            "compiled_blocks": sum(getattr(b.forward, "__name__", "") == "compiled_forward"
+                                   for b in run.model.family.blocks(backbone)),
             "optimizer": {"type": type(opt).__name__, "fused": bool(opt.defaults.get("fused")),
                           "state_devices": sorted({str(v.device) for st in opt.state.values() for v in st.values()
                                                    if torch.is_tensor(v)})}}, indent=1))
@@ -220,7 +220,7 @@ def main() -> None:
 
 
 def generate_both(run, tokens: int) -> dict:
-    """Greedy ids of one micro batch with synced_gpus on and off (trainer.methods.prompted.PromptedT5.generate)."""
+    """Greedy ids of one micro batch with synced_gpus on and off (trainer.models.prompted.PromptedModel.generate)."""
     from trainer.data.batch import collate
 
     batch = collate(run.data.eval, list(range(run.state.layout.micro)), run.tokenizer.pad_token_id)

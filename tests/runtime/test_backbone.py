@@ -8,8 +8,9 @@ the default or the folding of the bias, they fail.
 """
 import torch
 
-from trainer.runtime.backbone import build_backbone
 from trainer.config import load_config
+from trainer.models.build import backbone_config
+from trainer.runtime.backbone import build_backbone
 
 SHAPE = ["model.name_or_path=tiny",
          "model.tiny.d_model=64", "model.tiny.d_ff=128", "model.tiny.d_kv=16", "model.tiny.num_heads=4",
@@ -18,7 +19,8 @@ SHAPE = ["model.name_or_path=tiny",
 
 def _backbone():
     torch.manual_seed(0)
-    return build_backbone(load_config(None, SHAPE).model, 100, {}, torch.float32)
+    model = load_config(None, SHAPE).model
+    return build_backbone(model, backbone_config(model, 100), {}, torch.float32)
 
 
 def test_the_backbone_uses_sdpa_attention_with_t5s_unit_scale():

@@ -21,7 +21,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from trainer.data.batch import pad
-from trainer.inference.multi_adapter import MultiAdapterT5
+from trainer.inference.multi_adapter import MultiAdapterModel
 from trainer.methods.smop import SMoP
 
 
@@ -32,7 +32,7 @@ def build(args):
                       dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     backbone = T5ForConditionalGeneration(config).eval().requires_grad_(False)
     adapters = {f"a{i}": SMoP(args.d_model, 4, 5).eval() for i in range(args.adapters)}
-    return MultiAdapterT5(backbone, adapters)
+    return MultiAdapterModel(backbone, adapters)
 
 
 def requests(args, names):

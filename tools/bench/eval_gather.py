@@ -32,6 +32,7 @@ def worker(args) -> None:
     from trainer.runtime import distributed
     from trainer.data.batch import Encoded, collate
     from trainer.runtime.eval_gather import maybe_whole_backbone
+    from trainer.models import seq2seq
     from trainer.main import build_run, read_inputs
 
     size = SIZES[args.size]
@@ -48,7 +49,8 @@ def worker(args) -> None:
 
     def generate(model):
         started = time.perf_counter()
-        embeds, mask, _ = run.model.encoder_inputs(batch["input_ids"], batch["attention_mask"])
+        embeds, mask, _ = seq2seq.encoder_inputs(run.model.backbone, run.model.prompt_fn(), batch["input_ids"],
+                                                 batch["attention_mask"])
         out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=size.gen_tokens,
                              min_new_tokens=size.gen_tokens, do_sample=False, num_beams=1, synced_gpus=True)
         return time.perf_counter() - started, out

@@ -41,7 +41,7 @@ def main(spec: dict) -> None:
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from transformers import T5ForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
 
-    from trainer.runtime.backbone import tiny_t5_config
+    from trainer.models.build import tiny_t5_config
     from trainer.config import load_config
     from trainer.runtime.ds_config import load_ds_config
 

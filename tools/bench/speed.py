@@ -158,7 +158,7 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
 
 def add_flops(result: dict, size, peak: float | None) -> None:
     """FLOPs per example from trainer.perf.flops (via the hook in bench_common) and MFU against the measured peak."""
-    from trainer.runtime.backbone import tiny_t5_config
+    from trainer.models.build import tiny_t5_config
     from trainer.config import load_config
     from tools.bench.common import model_overrides
 

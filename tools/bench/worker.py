@@ -199,10 +199,10 @@ def paired_overhead(bare_one_step, run, device: torch.device, steps: int) -> dic
 def compile_ab(run, device: torch.device, steps: int) -> dict:
     """train.compile arms: alternate `train_step` with the blocks' eager and compiled forwards on the same
     model (trainer/runtime/compile.py keeps the eager one beside the compiled), so load drift hits both alike."""
-    from trainer.runtime.compile import blocks
     from trainer.loop import train_step
 
     model = getattr(run.model.backbone, "module", run.model.backbone)
+    blocks = run.model.family.blocks
     wrappers = [b.forward for b in blocks(model)]
     out = {"eager": [], "compiled": []}
     try:
@@ -239,7 +239,7 @@ def bare_phases(one_step, device: torch.device, steps: int) -> dict:
 
 
 def trainer_phases(run, device: torch.device, steps: int) -> dict:
-    """Split `train_step`'s time by wrapping its forward (`PromptedT5.loss_sum`) and gradient all-reduce
+    """Split `train_step`'s time by wrapping its forward (`PromptedModel.loss_sum`) and gradient all-reduce
     (`distributed.all_reduce_grads`) with syncs and clock reads. Between them: data = step start to first
     forward (collate, host-to-device, token-count all-reduce); backward = forward end to the next forward or
     the all-reduce; optimizer = all-reduce end to step end (clip, step, schedule, zero_grad). ZeRO-3's
@@ -286,10 +286,8 @@ def generation_latency(run, batch: dict, gen_tokens: int, repeats: int) -> float
         for i in range(repeats + 1):  # the first call warms up
             sync(device)
             started = time.perf_counter()
-            embeds, mask, _ = model.encoder_inputs(batch["input_ids"], batch["attention_mask"])
-            model.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=gen_tokens,
-                                    min_new_tokens=gen_tokens, do_sample=False, num_beams=1,
-                                    synced_gpus=run.dist.world_size > 1)
+            model.family.generate(model.backbone, model.prompt_fn(), batch, gen_tokens, run.dist.world_size > 1,
+                                  min_new_tokens=gen_tokens)
             sync(device)
             if i:
                 times.append(time.perf_counter() - started)

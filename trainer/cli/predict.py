@@ -31,9 +31,11 @@ from tqdm import tqdm
 from trainer.cli.run_files import load_backbone, read_run, run_ds_config
 from trainer.config import ModelConfig
 from trainer.inference.adapter import check_backbone, load_adapter, read_adapter_config, tokenizer_path
-from trainer.data.batch import eval_shards, pad
+from trainer.data.batch import encode_inputs, eval_shards, pad
 from trainer.inference.griffin import griffin
-from trainer.inference.multi_adapter import MultiAdapterT5
+from trainer.inference.multi_adapter import MultiAdapterModel
+from trainer.models.build import backbone_config
+from trainer.models.family import Family, family_of
 from trainer.data.readers import load_split, read_jsonl_lines
 from trainer.data.tasks import get_task
 from trainer.data.tokenizer import load_tokenizer
@@ -62,7 +64,8 @@ def parse_args(argv):
     p.add_argument("--griffin_rho", type=float, default=1.0,
                    help="GRIFFIN: keep this fraction of each decoder FF layer's neurons after the window "
                         "(1: off; single device only)")
-    p.add_argument("--griffin_window", type=int, default=2, help="GRIFFIN: decoding steps run with the full FF")
+    p.add_argument("--griffin_window", type=int, help="GRIFFIN on T5: decoding steps run with the full FF before "
+                   "pruning (default 2); a causal LM takes the statistic over the prefill and refuses it")
     p.add_argument("--gather_backbone", choices=("auto", "always", "never"), default="auto",
                    help="ZeRO-3: gather the whole backbone once for all inputs instead of at every forward and "
                         "decoding step; auto: when it fits on each device")
@@ -109,14 +112,17 @@ def read_inputs(args, names: list[str]) -> list[dict]:
     return records
 
 
-def encode(records, tokenizer, room: int) -> tuple[list[list[int]], int]:
-    """Token ids ending in </s>, cut to `room` tokens before it (the count of cut inputs is reported)."""
-    ids = tokenizer([r["input"] for r in records], add_special_tokens=False).input_ids
-    return [x[:room] + [tokenizer.eos_token_id] for x in ids], sum(len(x) > room for x in ids)
+def input_format(configs: dict[str, dict]) -> bool:
+    """Whether the adapters' inputs were wrapped in the chat template; every adapter must agree."""
+    formats = {name: bool(config.get("chat_template", False)) for name, config in configs.items()}
+    if len(set(formats.values())) > 1:
+        raise ValueError(f"--adapter: the adapters were trained with and without the chat template ({formats}); "
+                         "serve them in separate calls")
+    return next(iter(formats.values()))
 
 
 def build(args, adapter_dirs: dict[str, str], zero3: bool):
-    """(MultiAdapterT5, tokenizer, distributed helpers or None)."""
+    """(MultiAdapterModel, tokenizer, distributed helpers or None)."""
     configs = {name: read_adapter_config(path) for name, path in adapter_dirs.items()}
     first = next(iter(adapter_dirs))
     tok_name = args.tokenizer or tokenizer_path(adapter_dirs[first], configs[first]) or args.backbone
@@ -133,7 +139,7 @@ def build(args, adapter_dirs: dict[str, str], zero3: bool):
         check_backbone(path, configs[name], backbone.config)
     adapters = {name: load_adapter(path).to(backbone.device if dist is None else dist.device)
                 for name, path in adapter_dirs.items()}
-    return MultiAdapterT5(backbone, adapters), tokenizer, dist
+    return MultiAdapterModel(backbone, adapters), tokenizer, dist
 
 
 def sharded_backbone(args, run_cfg, vocab_size: int, dtype):
@@ -149,10 +155,12 @@ def sharded_backbone(args, run_cfg, vocab_size: int, dtype):
         if run_cfg is None:
             raise ValueError("--backbone tiny needs --run_dir")
         model_cfg = run_cfg.model
-        torch.manual_seed(run_cfg.seed)  # as the trainer does right before build_backbone
     else:
         model_cfg = ModelConfig(name_or_path=args.backbone, dropout=0.0)
-    backbone = distributed.shard_backbone(build_backbone(model_cfg, vocab_size, ds, dtype), ds)
+    config = backbone_config(model_cfg, vocab_size)
+    if args.backbone == "tiny":
+        torch.manual_seed(run_cfg.seed)  # as the trainer does right before build_backbone
+    backbone = distributed.shard_backbone(build_backbone(model_cfg, config, ds, dtype), ds)
     return backbone.eval(), dist
 
 
@@ -161,7 +169,13 @@ def run(args) -> int:
     zero3 = bool(args.ds_config) or int(os.environ.get("WORLD_SIZE", "1")) > 1
     model, tokenizer, dist = build(args, adapter_dirs, zero3)
     records = read_inputs(args, model.names)
-    ids, truncated = encode(records, tokenizer, args.max_source_length - model.prompt_length - 1)
+    causal = family_of(model.backbone.config) == Family.CAUSAL
+    if causal and args.griffin_window is not None:
+        raise ValueError("--griffin_window: a T5 option (its decoder has no prompt to take the statistic over); "
+                         "on a causal LM GRIFFIN takes it over the prefill: leave it out")
+    chat = input_format({name: read_adapter_config(path) for name, path in parse_adapters(args.adapter).items()})
+    ids, truncated = encode_inputs([r["input"] for r in records], tokenizer,
+                                   args.max_source_length - model.prompt_length - 1, bos=causal, chat_template=chat)
     adapter_ids = model.adapter_ids([r["adapter"] for r in records])
     started = time.time()
     if dist is None:
@@ -185,7 +199,7 @@ def run(args) -> int:
     return 0
 
 
-def predict_shard(args, model: MultiAdapterT5, tokenizer, ids, adapter_ids, dist) -> list[tuple[int, str, int]]:
+def predict_shard(args, model: MultiAdapterModel, tokenizer, ids, adapter_ids, dist) -> list[tuple[int, str, int]]:
     """(input position, prediction, prompt index) for this rank's share of the inputs."""
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     device = dist.device if dist else model.backbone.device
@@ -203,7 +217,7 @@ def predict_shard(args, model: MultiAdapterT5, tokenizer, ids, adapter_ids, dist
         else:
             # A fresh GRIFFIN context per generate call: it counts decoding steps from the first.
             pruned = args.griffin_rho < 1
-            with griffin(model.backbone, args.griffin_rho, args.griffin_window) if pruned else nullcontext():
+            with griffin(model.backbone, args.griffin_rho, args.griffin_window or 2) if pruned else nullcontext():
                 out, index = model.generate(batch, chosen, args.max_new_tokens, synced_gpus=world > 1)
             texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         mine += list(zip(indices, texts, index.tolist()))

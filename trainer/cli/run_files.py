@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
 
-from trainer.config import RunConfig, load_config
-
-from trainer.paths import model_location
+from trainer.config import ModelConfig, RunConfig, load_config
 from trainer.data.tokenizer import load_tokenizer
+from trainer.models import build
+from trainer.paths import model_location
 
 # trainer.runtime.backbone and trainer.runtime.distributed import DeepSpeed; only the 'tiny' replay needs them, so they are
 # imported there and a checkpoint backbone loads without DeepSpeed.
@@ -49,29 +48,20 @@ def run_tokenizer(run_dir, cfg: RunConfig):
 
 
 def backbone_config(cfg: RunConfig, vocab_size: int):
-    """The backbone's config without loading its weights."""
-    if cfg.model.name_or_path == "tiny":
-        from trainer.runtime.backbone import tiny_t5_config
-
-        return tiny_t5_config(cfg.model, vocab_size)
-    try:
-        return AutoConfig.from_pretrained(model_location(cfg.model.name_or_path),
-                                          trust_remote_code=cfg.model.trust_remote_code)
-    except OSError as e:
-        raise ValueError(f"model.name_or_path: cannot load config of '{cfg.model.name_or_path}' "
-                         f"({str(e).splitlines()[0]})") from None
+    """The run's backbone config without loading its weights (trainer/models/build.py)."""
+    return build.backbone_config(cfg.model, vocab_size)
 
 
 def load_backbone(name_or_path: str, dtype: torch.dtype = torch.float32, run_cfg: RunConfig | None = None,
                   ds_config: dict | None = None, vocab_size: int = 0) -> nn.Module:
-    """A frozen backbone on one device, no ZeRO: a checkpoint, or ('tiny') the run's random backbone."""
+    """A frozen backbone of either family on one device, no ZeRO: a checkpoint, or ('tiny') the run's random
+    backbone."""
     if name_or_path != "tiny":
-        location = model_location(name_or_path, "--backbone")
+        model_cfg = ModelConfig(name_or_path=model_location(name_or_path, "--backbone"))
         try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(location, dtype=dtype)
-        except OSError as e:
-            raise ValueError(f"--backbone: cannot load '{name_or_path}' ({str(e).splitlines()[0]})") from None
-        return model.requires_grad_(False).eval()
+            return build.load(model_cfg, build.backbone_config(model_cfg, vocab_size), dtype).eval()
+        except ValueError as e:
+            raise ValueError(f"--backbone: {str(e).removeprefix('model.name_or_path: ')}") from None
     if run_cfg is None:
         raise ValueError("--backbone tiny needs --run_dir: a tiny backbone is rebuilt from its run's config and seed")
     return tiny_backbone(run_cfg, ds_config or {}, vocab_size, dtype)
@@ -83,17 +73,18 @@ def tiny_backbone(cfg: RunConfig, ds_config: dict, vocab_size: int, dtype: torch
     from trainer.runtime.backbone import build_backbone
     from trainer.runtime.ds_config import BatchLayout, merge_batch, param_dtype
 
-    torch.manual_seed(cfg.seed)  # as build_run does right before build_backbone
+    config = build.backbone_config(cfg.model, vocab_size)
+    torch.manual_seed(cfg.seed)  # as build_model does right before build_backbone
     built = param_dtype(ds_config)  # initialise in the run's dtype: the random draws depend on it
     if not distributed.is_zero3(ds_config):
-        return build_backbone(cfg.model, vocab_size, ds_config, built).to(dtype).eval()
+        return build_backbone(cfg.model, config, ds_config, built).to(dtype).eval()
     # Replay zero.Init in a world of one; gathering there is local, and the copy is an ordinary module.
     distributed.init()
     ds = merge_batch({k: v for k, v in ds_config.items() if k not in ("train_micro_batch_size_per_gpu",
                       "gradient_accumulation_steps", "train_batch_size")}, BatchLayout(1, 1, 1))
     try:
-        sharded = build_backbone(cfg.model, vocab_size, ds, built)
-        plain = T5ForConditionalGeneration._from_config(sharded.config, dtype=built)
+        sharded = build_backbone(cfg.model, config, ds, built)
+        plain = build.load(cfg.model, config, built)  # the same class, plainly initialised, then overwritten
         with distributed.gathered(list(sharded.parameters())):
             plain.load_state_dict({k: v.detach().clone() for k, v in sharded.state_dict().items()})
     finally:

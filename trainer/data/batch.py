@@ -38,20 +38,42 @@ def task_names(cfg: DataConfig) -> list[str]:
 
 
 def encode(examples: list[Example], task_ids: list[int], tokenizer, max_source_length: int,
-           prompt_length: int, max_target_length: int) -> Encoded:
+           prompt_length: int, max_target_length: int, bos: bool = False, chat_template: bool = False) -> Encoded:
     """Tokenise inputs and targets.
 
-    The encoder sees l prompt positions before the input, so an input keeps at most
-    max_source_length - l - 1 tokens followed by </s>: truncation never drops the final </s>.
+    l prompt positions come before the input, so an input keeps at most max_source_length - l - 1 tokens
+    followed by </s>: truncation never drops the final </s>, which says where the input ends (the causal
+    family's target follows it). bos / chat_template: see `encode_inputs`. A target keeps at most
+    max_target_length - 1 tokens followed by </s>.
     """
     eos = tokenizer.eos_token_id
-    room = max_source_length - prompt_length - 1
-    sources = tokenizer([ex.input for ex in examples], add_special_tokens=False).input_ids
+    input_ids, truncated = encode_inputs([ex.input for ex in examples], tokenizer, max_source_length - prompt_length - 1,
+                                         bos, chat_template)
     targets = tokenizer([ex.target for ex in examples], add_special_tokens=False).input_ids
-    input_ids = [ids[:room] + [eos] for ids in sources]
     labels = [ids[: max_target_length - 1] + [eos] for ids in targets]
-    truncated = sum(len(ids) > room for ids in sources)
     return Encoded(examples, task_ids, input_ids, labels, truncated)
+
+
+def encode_inputs(texts: list[str], tokenizer, room: int, bos: bool = False,
+                  chat_template: bool = False) -> tuple[list[list[int]], int]:
+    """Input ids of `texts` and how many were cut: at most `room` tokens (BOS included), then </s>.
+
+    bos: the tokenizer's BOS first (a causal LM's tokenizer that has one). chat_template: each text as one
+    user turn of the tokenizer's chat template with the assistant's turn opened (the template's own special
+    tokens, no </s> after it); a text is cut so that the whole fits in room + 1 tokens.
+    """
+    sources = tokenizer(texts, add_special_tokens=False).input_ids
+    if chat_template:
+        def template(text: str) -> list[int]:
+            return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                      tokenize=True, return_dict=False))
+        budget = room + 1 - len(template(""))
+        ids = [template(text if len(s) <= budget else tokenizer.decode(s[:max(0, budget)]))
+               for text, s in zip(texts, sources)]
+        return ids, sum(len(s) > budget for s in sources)
+    first = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
+    room -= len(first)
+    return [first + s[:room] + [tokenizer.eos_token_id] for s in sources], sum(len(s) > room for s in sources)
 
 
 @dataclass
@@ -66,11 +88,12 @@ class EncodedSplits:
     """Which split `eval` is ("val", or "dev" with data.splits=paper), for the eval events."""
 
 
-def encode_splits(splits: RunSplits, tokenizer, cfg: DataConfig, prompt_length: int) -> EncodedSplits:
+def encode_splits(splits: RunSplits, tokenizer, cfg: DataConfig, prompt_length: int, bos: bool = False
+                  ) -> EncodedSplits:
     """`encode` every split of the run, leaving room for `prompt_length` prompt positions."""
     def one(split):
         return None if split is None else encode(split.examples, split.task_ids, tokenizer, cfg.max_source_length,
-                                                 prompt_length, cfg.max_target_length)
+                                                 prompt_length, cfg.max_target_length, bos, cfg.chat_template)
 
     return EncodedSplits(one(splits.train), one(splits.eval), one(splits.test), splits.eval.name)
 

@@ -26,10 +26,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     """A hub name, a local directory written by save_pretrained, or a shipped model's name."""
     name_or_path = model_location(name_or_path, "model.tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ValueError(f"model.tokenizer: cannot load tokenizer '{name_or_path}' "
                          f"({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token_id is None:  # most causal LMs' tokenizers: pad with </s>, which every mask then hides
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1000, whole_words: tuple[str, ...] = (),

@@ -32,7 +32,7 @@ WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
 # Keys of a backbone config that do not change what the network computes at inference, or that differ
 # between a freshly built config and the same config saved and reloaded (version stamps, dtype, dropout,
 # which the trainer may override, output switches).
-VOLATILE_KEYS = {"transformers_version", "dtype", "torch_dtype", "architectures", "dropout_rate",
+VOLATILE_KEYS = {"transformers_version", "dtype", "torch_dtype", "architectures", "dropout_rate", "attention_dropout",
                  "classifier_dropout", "use_cache", "output_attentions", "output_hidden_states", "return_dict",
                  "id2label", "label2id", "problem_type"}
 # The SMoP constructor arguments an adapter records; load_adapter rebuilds the module from exactly these.
@@ -49,7 +49,7 @@ def config_hash(backbone_config) -> str:
 
 def adapter_meta(cfg, backbone_config) -> dict:
     """The adapter_config.json fields that come from a run config (`RunConfig`) and its backbone."""
-    return {"method": cfg.prompt.method, "task": cfg.data.task,
+    return {"method": cfg.prompt.method, "task": cfg.data.task, "chat_template": cfg.data.chat_template,
             "backbone": {"name_or_path": cfg.model.name_or_path, "config_hash": config_hash(backbone_config),
                          "model_type": getattr(backbone_config, "model_type", None), "seed": cfg.seed},
             "tokenizer": cfg.model.tokenizer or ("" if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path)}
@@ -111,7 +111,7 @@ def load_adapter(directory, backbone_config=None) -> SMoP:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise ValueError(f"adapter '{directory}': cannot read {WEIGHTS} ({e})".splitlines()[0]) from None
-    smop = build_method(adapter_prompt(directory, config), types.SimpleNamespace(d_model=config["d_model"]))
+    smop = build_method(adapter_prompt(directory, config), types.SimpleNamespace(hidden_size=config["d_model"]))
     expected = {name: tuple(t.shape) for name, t in smop.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:
@@ -141,7 +141,7 @@ def adapter_prompt(directory, config: dict) -> PromptConfig:
 
 def check_backbone(directory, config: dict, backbone_config) -> None:
     """Raise ValueError (one line: directory and the difference) unless the backbone matches the adapter."""
-    want_d, have_d = config["d_model"], getattr(backbone_config, "d_model", None)
+    want_d, have_d = config["d_model"], getattr(backbone_config, "hidden_size", None)
     if want_d != have_d:
         raise ValueError(f"adapter '{directory}' was trained for d_model={want_d} "
                          f"({config['backbone'].get('name_or_path')}), but the backbone has d_model={have_d}")

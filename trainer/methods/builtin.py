@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from trainer.methods.iapt import IAPT
-from trainer.methods.prompted import NoPrompt
+from trainer.methods.full_finetune import NoPrompt
 from trainer.methods.ptuning import PromptEncoder
 from trainer.methods.registry import InitContext, register
 from trainer.methods.router import RouterInit, RouterInput
@@ -48,26 +48,29 @@ def initialise_smop(smop: SMoP, p, ctx: InitContext) -> None:
 @register("smop", initialise=initialise_smop, prompt_bank=True)  # the lower decorator registers first
 def build_smop(p, backbone_config) -> SMoP:
     """k prompts of l tokens and a router (prompt tuning: k = 1, no router)."""
-    return SMoP(backbone_config.d_model, p.num_prompts, p.prompt_length, p.routing, p.top_k, p.noise_scale,
+    return SMoP(backbone_config.hidden_size, p.num_prompts, p.prompt_length, p.routing, p.top_k, p.noise_scale,
                 p.gumbel_temperature, p.balance_coef, centered=p.router_input == RouterInput.CENTERED)
 
 
 @register("ptuning", initialise=initialise_smop, check=one_prompt)
 def build_ptuning(p, backbone_config) -> SMoP:
     """One prompt produced by an encoder from learned inputs (its adapter would need the encoder: none)."""
-    d = backbone_config.d_model
+    d = backbone_config.hidden_size
     return SMoP(d, 1, p.prompt_length, encoder=PromptEncoder(d, p.ptuning_hidden, p.ptuning_encoder))
 
 
-def attach_iapt(iapt: IAPT, backbone: nn.Module) -> None:
-    iapt.attach(backbone.encoder.block)  # before DeepSpeed installs its own hooks on the blocks
+def attach_iapt(iapt: IAPT, backbone: nn.Module, family) -> None:
+    # T5: the encoder blocks; a causal LM: its decoder layers (docs/method.md §6, §10). Before DeepSpeed
+    # installs its own hooks on them.
+    iapt.attach(family.prompt_layers(backbone))
 
 
 @register("iapt", attach=attach_iapt, prompt_length=lambda p: p.iapt_prompts)
 def build_iapt(p, backbone_config) -> IAPT:
-    return IAPT(backbone_config.d_model, backbone_config.num_layers, p.iapt_bottleneck, p.iapt_prompts)
+    # num_hidden_layers: T5's encoder layers (T5Config maps the name to num_layers), a causal LM's layers.
+    return IAPT(backbone_config.hidden_size, backbone_config.num_hidden_layers, p.iapt_bottleneck, p.iapt_prompts)
 
 
 @register("full_finetune", trains_backbone=True, prompt_length=lambda p: 0)
 def build_full_finetune(p, backbone_config) -> NoPrompt:
-    return NoPrompt(backbone_config.d_model)
+    return NoPrompt(backbone_config.hidden_size)

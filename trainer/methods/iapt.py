@@ -1,12 +1,15 @@
-"""IAPT: Instruction-Aware Prompt Tuning (Zhu et al., ACL 2024), docs/method.md §6.
+"""IAPT: Instruction-Aware Prompt Tuning (Zhu et al., ACL 2024), docs/method.md §6 (T5) and §10 (causal LMs).
 
-Before every encoder layer a small generator reads the hidden states of the real input tokens and writes n
-(default 4) soft tokens at n positions reserved at the front of the encoder input. The prompts are
-generated per input instead of stored, so IAPT fits into the `SMoP` slot of `PromptedT5` only as n zero
-placeholders; the generators run inside forward pre-hooks on the encoder blocks. The hooks are installed
-before DeepSpeed wraps the backbone and do not call any backbone submodule, so the module call order that
-ZeRO-3 records stays the same on every rank and every step (tests/methods/test_methods_distributed.py
-checks the hooks fire under ZeRO-3 on 2 ranks).
+Before every layer that carries the prompt positions (T5: each encoder block; a causal LM: each decoder layer,
+as the paper defines it on LLaMA-2) a small generator reads the hidden states of the real input tokens (the
+instruction, never the target) and writes n (default 4) soft tokens at the n positions reserved at the front
+of the sequence. The prompts are generated per input instead of stored, so IAPT fits into the prompt slot of
+`PromptedModel` only as n zero placeholders; the generators run inside forward pre-hooks on the layers. In
+generation with a KV cache the soft tokens are written once, in the prefill, and stay in the cache: a hook
+on a layer whose cache already holds positions does nothing. The hooks are installed before DeepSpeed wraps
+the backbone and do not call any backbone submodule, so the module call order that ZeRO-3 records stays the
+same on every rank and every step (tests/methods/test_methods_distributed.py checks the hooks fire under
+ZeRO-3 on 2 ranks).
 """
 from __future__ import annotations
 
@@ -75,11 +78,11 @@ class PromptGenerator(nn.Module):
 
 
 class IAPT(nn.Module):
-    """Per-layer prompt generators for a T5 encoder of `num_layers` blocks.
+    """Per-layer prompt generators for `num_layers` layers (a T5 encoder's blocks, a causal LM's layers).
 
-    Used in the `SMoP` slot of `PromptedT5`: forward returns n zero placeholders to prepend (and remembers
+    Used in the prompt slot of `PromptedModel`: forward returns n zero placeholders to prepend (and remembers
     the input mask for the hooks); `attach` installs the hooks that overwrite those n positions before
-    every encoder block.
+    every layer.
 
     Input shape: embeds (batch, seq, d), mask (batch, seq). Output: (batch, n, d) zeros and a `Routing`
     with one slot (IAPT has no router).
@@ -95,24 +98,33 @@ class IAPT(nn.Module):
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor,
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
-        # The hooks only see a block's inputs, not which positions are real tokens: keep the mask for them.
+        # The hooks only see a layer's inputs, not which positions are the input's real tokens: keep the mask
+        # for them. It covers the positions right after the prompt (the input as the family places it).
         self._mask = mask
         placeholders = embeds.new_zeros(embeds.shape[0], self.prompt_length, self.d_model, dtype=torch.float32)
         return placeholders, single_prompt(embeds.shape[0], embeds.device)
 
-    def attach(self, blocks) -> list:
-        """Register a forward pre-hook on each encoder block; returns the hook handles."""
-        if len(blocks) != len(self.generators):
-            raise ValueError(f"IAPT has {len(self.generators)} generators for {len(blocks)} encoder blocks")
-        return [block.register_forward_pre_hook(self._hook(i)) for i, block in enumerate(blocks)]
+    def attach(self, layers) -> list:
+        """Register a forward pre-hook on each layer carrying the prompt positions; returns the hook handles."""
+        if len(layers) != len(self.generators):
+            raise ValueError(f"IAPT has {len(self.generators)} generators for {len(layers)} layers")
+        return [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
 
     def _hook(self, i: int):
         n = self.prompt_length
 
-        def write_prompts(block, args):
-            hidden, *rest = args  # T5Block(hidden_states, attention_mask, position_bias, ...)
-            prompts = self.generators[i](hidden[:, n:], self._mask)  # (batch, n, d)
-            return (torch.cat([prompts.to(hidden.dtype), hidden[:, n:]], dim=1), *rest)
+        def write_prompts(layer, args, kwargs):
+            cache = kwargs.get("past_key_values")
+            if cache is not None and cache.get_seq_length(i) > 0:
+                return None  # a decoding step: the soft tokens were written in the prefill and sit in the cache
+            hidden = args[0] if args else kwargs["hidden_states"]  # (batch, n + S [+ T], d)
+            # Real input tokens only: the mask covers the input's positions; a causal LM's target positions
+            # after them are zeros, so the generator never reads the target.
+            mask = self._mask.new_zeros(hidden.shape[0], hidden.shape[1] - n)
+            mask[:, : self._mask.shape[1]] = self._mask
+            prompts = self.generators[i](hidden[:, n:], mask)  # (batch, n, d)
+            hidden = torch.cat([prompts.to(hidden.dtype), hidden[:, n:]], dim=1)
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
         return write_prompts
 

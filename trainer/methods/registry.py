@@ -1,14 +1,15 @@
 """What a method is to the trainer, and the one place that builds a method from config.
 
 A method is a registry entry (`MethodSpec`) whose `build` returns the module that fills the prompt slot of
-`PromptedT5`. SMoP, prompt tuning, P-tuning, IAPT and full fine-tuning are the shipped entries
+`PromptedModel` (trainer/models/prompted.py). SMoP, prompt tuning, P-tuning, IAPT and full fine-tuning are the shipped entries
 (trainer/methods/builtin.py); a new one is a module with the `PromptMethod` shape and one `register` call
 (README "Adding a method"). The trainer, `smop-export`, adapter loading and `smop-predict` all build through
 `build_method`: nothing else constructs a method (trainer/perf/flops.py knows the shipped ones' analytic
 cost by name, and has none for a plug-in).
 
-Builders receive the run config's `prompt` section and the backbone's `T5Config` (duck-typed: this package
-imports neither trainer.config nor the distributed runtime).
+Builders receive the run config's `prompt` section and the backbone's Hugging Face config (duck-typed; its
+`hidden_size` is the width d of either family: T5Config maps the name to `d_model`). This package imports
+neither trainer.config nor the distributed runtime nor the model families.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class PromptMethod(Protocol):
     unless its spec says `trains_backbone`.
 
     Input shape: embeds (batch, seq, d) frozen input embeddings, mask (batch, seq), noise (batch, k) or None.
-    Output shape: prompts (batch, prompt_length, d) prepended to the encoder input, and the batch's `Routing`.
+    Output shape: prompts (batch, prompt_length, d) placed before the input (T5: the encoder's; a causal LM:
+    the sequence's), and the batch's `Routing`. The embeds are the input's only, never the target's.
     """
 
     num_prompts: int
@@ -57,12 +59,13 @@ class InitContext:
 class MethodSpec:
     """A method as the trainer sees it.
 
-    build: (prompt config, backbone T5Config) -> the `PromptMethod` module, on the CPU, deterministic in the
+    build: (prompt config, backbone config) -> the `PromptMethod` module, on the CPU, deterministic in the
         torch seed (every rank builds the same one; the trainer broadcasts it anyway).
     initialise: (module, prompt config, `InitContext`) -> None, run once before step 0 after sharding
         (prompt bank from token embeddings, router fitted to the data). Not run when a run resumes.
-    attach: (module, unsharded backbone) -> None, run before the backbone is sharded, for methods that hook
-        into the backbone itself (IAPT's per-layer generators).
+    attach: (module, unsharded backbone, family) -> None, run before the backbone is sharded, for methods that
+        hook into the backbone itself (IAPT's per-layer generators); `family` is the backbone's family module
+        (trainer/models/family.py), which names its structure (`prompt_layers`, `blocks`).
     check: (prompt config) -> None, raises ValueError naming a prompt.* key this method cannot take.
     prompt_length: (prompt config) -> the module's `prompt_length` (positions prepended to every input),
         known before anything is built so that the config check can leave room for the input (default:

@@ -57,7 +57,7 @@ class ZeroSettings:
 def t5_trace(s: T5Shape, tied: bool) -> list[tuple[str, int, bool]]:
     """(weight name, elements, has a backward) for every weight use of one forward, in module order.
 
-    The trainer calls the embedding itself (`PromptedT5.encoder_inputs`), then the encoder on
+    The trainer calls the embedding itself (`trainer.models.seq2seq.encoder_inputs`), then the encoder on
     [prompt ; embeddings], then the decoder, whose own embedding lookup reuses the same (shared) matrix.
     """
     d, inner, ff = s.d_model, s.inner, s.d_ff

@@ -1,6 +1,7 @@
 """torch.compile for the frozen backbone's training steps (`train.compile=true`).
 
-Regional compilation: each T5 block's forward is compiled, not the whole model. Every block runs the same
+Regional compilation: each transformer block's forward is compiled (T5's encoder and decoder blocks, a
+causal LM's layers), not the whole model. Every block runs the same
 code, so one compiled graph (forward and backward) serves all blocks of a stack with the same arguments
 (block 0, which owns the relative position bias, gets its own); `generate`, `get_input_embeddings` and the
 other entry points of the model stay untouched. Only training steps use the compiled forward (the block is
@@ -19,18 +20,14 @@ import torch
 from torch import nn
 
 
-def blocks(model: nn.Module) -> list[nn.Module]:
-    """The encoder and decoder blocks of a T5 (the repeated unit that is compiled)."""
-    return [b for stack in (model.encoder, model.decoder) for b in stack.block]
-
-
-def compile_blocks(model: nn.Module, zero3: bool, backend: str = "inductor") -> None:
-    """Compile each block's forward for training; call before DeepSpeed wraps the model."""
+def compile_blocks(model: nn.Module, blocks: list[nn.Module], zero3: bool, backend: str = "inductor") -> None:
+    """Compile each of `blocks` (the family's repeated blocks, trainer/models/family.py) for training; call
+    before DeepSpeed wraps the model."""
     if zero3:
         from trainer.runtime.distributed import gather_whole_blocks
 
-        gather_whole_blocks(model, list({type(b) for b in blocks(model)}))
-    for block in blocks(model):
+        gather_whole_blocks(model, list({type(b) for b in blocks}))
+    for block in blocks:
         eager = block.forward
         # dynamic: padded lengths change from batch to batch and the encoder and decoder blocks share code, so
         # shapes would otherwise recompile the graph (once static, then again dynamic) on the second shape seen.
