@@ -145,10 +145,11 @@ def all_gather_objects(obj) -> list:
 
 
 def replicas_identical(params: list[torch.nn.Parameter]) -> bool:
-    """True when every rank holds bit-identical values of `params` (compared exactly, not by checksum)."""
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    if dist.get_world_size() == 1:
+    """True when every rank holds bit-identical values of `params` (compared exactly, not by checksum); also
+    for none (full fine-tuning's empty prompt slot), decided alike on every rank."""
+    if dist.get_world_size() == 1 or not params:
         return True
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
     everyone = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, flat)
     return all(torch.equal(everyone[0], other) for other in everyone[1:])
