@@ -212,6 +212,36 @@ def test_named_checkpoint_that_does_not_exist(tmp_path):
     one_line_error(lambda: locate(cfg), "checkpoint.resume=latest: no usable checkpoint")
 
 
+# --- backbone families -----------------------------------------------------------------------------------
+
+CAUSAL = ["model.name_or_path=tiny-pretrained-causal"]
+
+
+def test_chat_template_asked_of_a_tokenizer_without_one(tmp_path, data_dir):
+    one_line_error(inputs(tmp_path, data_dir, *CAUSAL, "data.chat_template=true"), "data.chat_template=true",
+                   "has no chat template", "tiny-pretrained-causal")
+    assert not (tmp_path / "out").exists()
+
+
+def test_chat_template_with_an_encoder_decoder_backbone(tmp_path, data_dir):
+    one_line_error(inputs(tmp_path, data_dir, "data.chat_template=true"), "data.chat_template=true",
+                   "a causal-LM option", "encoder-decoder")
+
+
+def test_target_longer_than_the_context_window(tmp_path, data_dir):
+    """The shipped small Llama has 1024 positions: prompt, input and target must fit in them."""
+    one_line_error(inputs(tmp_path, data_dir, *CAUSAL, "data.max_source_length=900", "data.max_target_length=200"),
+                   "data.max_target_length=200", "context window of 1024")
+    read_inputs(None, [f"output_dir={tmp_path / 'ok'}", f"data.data_dir={data_dir}", "data.task=rte", *CAUSAL,
+                       "data.max_source_length=900", "data.max_target_length=100"])  # fits: accepted
+
+
+def test_a_family_that_contradicts_the_backbone(tmp_path, data_dir):
+    one_line_error(inputs(tmp_path, data_dir, *CAUSAL, "model.family=seq2seq"), "model.family=seq2seq",
+                   "is causal (LlamaConfig)", "model.family=auto")
+    one_line_error(inputs(tmp_path, data_dir, "model.family=causal"), "model.family=causal", "is seq2seq (T5Config)")
+
+
 # --- the entry point: exit code 2, one line, nothing overwritten ----------------------------------------
 
 @pytest.mark.multiprocess
@@ -225,6 +255,18 @@ def test_entry_point_exit_code_and_nothing_overwritten(tmp_path, data_dir):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "train.lr: 0.3 -> 0.1" in errors[0], proc.stderr[-2000:]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+@pytest.mark.multiprocess
+def test_entry_point_causal_context_window_exit_2_nothing_overwritten(tmp_path, data_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = run_trainer(out, *CAUSAL, "data.max_target_length=600", check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.max_target_length=600" in errors[0], proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.multiprocess

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trainer.data.batch import LengthGroupedOrder, TrainOrder, collate, encode, eval_shards, pad
+from trainer.data.batch import LengthGroupedOrder, TrainOrder, collate, encode, encode_inputs, eval_shards, pad
 from trainer.data.tasks import Example
 from trainer.data.tokenizer import train_tokenizer
 
@@ -22,6 +22,36 @@ def test_truncation_keeps_eos_and_counts_prompt_positions(tokenizer):
     assert data.truncated == 1
     assert data.labels[0] == tokenizer("yes", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     assert len(data.labels[0]) == 2  # label words are single pieces in the embedded tokenizer
+
+
+TEMPLATE = ("{% for m in messages %}<|user|> {{ m['content'] }} <|end|>{% endfor %}"
+            "{% if add_generation_prompt %} <|assistant|>{% endif %}")
+
+
+def test_causal_inputs_start_with_bos_and_keep_the_final_eos(tokenizer):
+    tokenizer.bos_token = tokenizer.convert_ids_to_tokens(3)  # a stand-in BOS: the trained tokenizer has none
+    try:
+        ids, cut = encode_inputs(["word1 word2", " ".join(f"word{i}" for i in range(50))], tokenizer, 8, bos=True)
+    finally:
+        tokenizer.bos_token = None
+    assert [row[0] for row in ids] == [3, 3] and [row[-1] for row in ids] == [tokenizer.eos_token_id] * 2
+    assert len(ids[1]) == 9 and cut == 1  # BOS + 7 tokens + </s>: room 8 includes the BOS
+    plain, _ = encode_inputs(["word1 word2"], tokenizer, 8)
+    assert plain[0] == ids[0][1:]  # without bos: the seq2seq family's encoding
+
+
+def test_chat_template_wraps_the_input_and_is_cut_inside_the_template(tokenizer):
+    tokenizer.chat_template = TEMPLATE
+    try:
+        ids, cut = encode_inputs(["word1 word2", " ".join(f"word{i}" for i in range(60))], tokenizer, 30,
+                                 chat_template=True)
+        full = tokenizer.apply_chat_template([{"role": "user", "content": "word1 word2"}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False)
+        assert ids[0] == list(full) and ids[0][-1] != tokenizer.eos_token_id  # the assistant's turn is open
+        assert cut == 1 and len(ids[1]) <= 31  # room 30 + the one token the input's </s> would take
+        assert ids[1][:2] == ids[0][:2] and ids[1][-3:] == ids[0][-3:]  # the text was cut, not the template
+    finally:
+        tokenizer.chat_template = None
 
 
 def test_pad_right_pads_to_the_longest_row():
