@@ -1,10 +1,15 @@
 """Offline accuracy benchmark: the methods on the instruction-free mixture, each at its own dev-chosen
-learning rate, several seeds, quality and cost in one table (docs/benchmark-accuracy.md).
+learning rate, several seeds, quality and cost in one table (docs/benchmark-accuracy.md; on the causal
+family docs/benchmark-accuracy-causal.md).
 
     python -m tools.bench.accuracy --jobs 2 --doc docs/benchmark-accuracy.md
+    python -m tools.bench.accuracy --family causal --jobs 2 --work runs/accuracy-bench-causal \
+        --arms smop-kmeans prompt-tuning-5 prompt-tuning-20 iapt full-finetune smop-paper ptuning \
+        --doc docs/benchmark-accuracy-causal.md
 
 Every run is the real entry point (python trainer/main.py, one rank, ZeRO-3, OMP_NUM_THREADS=1) on the
-backbone shipped as `tiny-pretrained` and the four `jsonl:NAME` sub-tasks of tools/assets/synthetic.py with
+backbone shipped as `tiny-pretrained` (T5) or `tiny-pretrained-causal` (Llama, --family causal), both
+pretrained on the same instructed language, and the four `jsonl:NAME` sub-tasks of tools/assets/synthetic.py with
 data.splits=paper: it trains on train.jsonl less a dev set (the last data.dev_fraction of each sub-task),
 evaluates on dev every --eval-every steps, and once at the end on val.jsonl as the test set.
 
@@ -44,9 +49,13 @@ DS_CONFIG = {"zero_optimization": {"stage": 3, "stage3_param_persistence_thresho
              "bf16": {"enabled": False}, "gradient_clipping": 0.0, "steps_per_print": 1_000_000_000}
 
 
+BACKBONES = {"seq2seq": "tiny-pretrained", "causal": "tiny-pretrained-causal"}
+"""The shipped backbone each --family trains on (trainer/assets/)."""
+
+
 def run_overrides(arm: str, lr: float, seed: int, args, out: Path) -> list[str]:
     work = Path(args.work).resolve()
-    return ["model.name_or_path=tiny-pretrained", "model.dropout=0", f"data.task={MIXTURE_TASKS}",
+    return [f"model.name_or_path={BACKBONES[args.family]}", "model.dropout=0", f"data.task={MIXTURE_TASKS}",
             f"data.data_dir={work / 'data'}", "data.splits=paper", "data.max_source_length=32",
             "data.max_target_length=10", "eval.max_new_tokens=8", "eval.batch_size=100",
             f"train.max_steps={args.steps}", f"train.micro_batch_size={args.batch}",
@@ -131,6 +140,8 @@ def grid_extension(grid: list[float], best: float) -> float | None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=sorted(BACKBONES), default="seq2seq",
+                        help="the backbone family: the shipped small T5 or the shipped small Llama")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="the first one is also the sweep's seed")
@@ -186,7 +197,7 @@ def main(argv=None) -> dict:
     results = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "report_only"},
                "grids": grids, "chosen_lr": chosen, "sweeps": {a: list(s.values()) for a, s in sweeps.items()},
                "runs": runs}
-    results["summary"] = accuracy_report.summarise_arms(results, work / "data")
+    results["summary"] = accuracy_report.summarise_arms(results, work / "data", BACKBONES[args.family])
     (work / "results.json").write_text(json.dumps(results, indent=1))
     print(accuracy_report.results_table(results))
     if args.doc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from transformers import T5Config
+from transformers import AutoConfig
 
 from tools.bench.accuracy_arms import ARMS
 from trainer.config import load_config
@@ -39,28 +39,30 @@ def routing_verdict(table: dict[str, list[float]] | None) -> dict | None:
     return {"distinct": distinct, "collapsed": distinct < COLLAPSE_BELOW}
 
 
-def inference_flops(arm: str, data_dir: Path) -> float:
-    """Analytic FLOPs of one test example under `arm` at the mixture's mean input and target lengths
-    (word-level tokenizer: one token per word, plus </s>)."""
+def inference_flops(arm: str, data_dir: Path, backbone: str = "tiny-pretrained") -> float | None:
+    """Analytic FLOPs of one test example under `arm` on `backbone` at the mixture's mean input and target
+    lengths (word-level tokenizer: one token per word, plus </s>); None where the performance model has no
+    count for the backbone's family."""
     records = [json.loads(line) for f in sorted(Path(data_dir).glob("*/val.jsonl"))
                for line in f.read_text().splitlines()]
     source = statistics.mean(len(r["input"].split()) + 1 for r in records)
     target = statistics.mean(len(r["target"].split()) + 1 for r in records)
-    cfg = load_config(None, ARMS[arm][0])
-    p = cfg.prompt
-    shape = T5Shape.from_config(T5Config.from_pretrained(model_location(cfg.model.name_or_path)))
-    return method_flops(p.method, shape, source, target, p.num_prompts, p.prompt_length,
+    p = load_config(None, ARMS[arm][0]).prompt
+    config = AutoConfig.from_pretrained(model_location(backbone))
+    if not config.is_encoder_decoder:
+        return None
+    return method_flops(p.method, T5Shape.from_config(config), source, target, p.num_prompts, p.prompt_length,
                         p.iapt_bottleneck, p.iapt_prompts)
 
 
-def summarise_arms(results: dict, data_dir: Path) -> dict:
+def summarise_arms(results: dict, data_dir: Path, backbone: str = "tiny-pretrained") -> dict:
     """Per arm: test mean and std over seeds, per-seed values, per-task means, plateau, routing, cost."""
     out = {}
     for arm, runs in results["runs"].items():
         ok = [r for r in runs if "failed" not in r]
         row = {"lr": results["chosen_lr"][arm], "seeds": [r["seed"] for r in ok], "failed": len(runs) - len(ok),
                "not_run": sum(r.get("failed") == "not run" for r in runs),
-               "flops": inference_flops(arm, data_dir)}
+               "flops": inference_flops(arm, data_dir, backbone)}
         if ok:
             avgs = [r["test"]["average"] for r in ok]
             curves = np.array([[a for _, a in r["dev_curve"]] for r in ok])  # (seeds, evaluations)
@@ -101,7 +103,7 @@ def results_table(results: dict) -> str:
                  " / ".join(f"{a:.1f}" for a in row["per_seed"]), f"{row['dev_final']:.1f}",
                  f"{row['plateau_gain']:+.1f} (from step {row['plateau_from']})", _collapsed(row),
                  f"{row['s_per_step']:.3f}", f"{row['peak_memory_mb']:.0f}", f"{row['trainable_params']:,}",
-                 f"{row['flops'] / 1e3:,.1f}"]
+                 f"{row['flops'] / 1e3:,.1f}" if row["flops"] is not None else "n/a"]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
