@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from tests.tiny_models import lively_t5, random_inputs
+from tests.tiny_models import lively_causal, lively_t5, random_inputs
 from trainer.inference.multi_adapter import MultiAdapterModel
-from trainer.models import seq2seq
+from trainer.models import causal, seq2seq
 from trainer.models.prompted import PromptedModel
 from trainer.methods.smop import SMoP
 
@@ -84,3 +84,23 @@ def test_unknown_adapter_and_width_mismatch_are_refused(setup):
         multi.adapter_ids(["a", "zzz"])
     with pytest.raises(ValueError, match="width"):
         MultiAdapterModel(model, {"wide": SMoP(64, 2, 3)})
+
+
+def test_mixed_adapters_over_a_causal_backbone_equal_each_alone():
+    """The causal family: a shorter prompt is left-padded inside the prompt columns, and positions count real
+    tokens only, so each example generates and scores exactly as with its own adapter, alone."""
+    model, bank = lively_causal("llama"), adapters()
+    inputs, names = batch(9, seed=2), ["a", "b", "c", "c", "a", "b", "b", "a", "c"]
+    multi = MultiAdapterModel(model, bank)
+    assert multi.family is causal
+    out, index = multi.generate(inputs, multi.adapter_ids(names), max_new_tokens=6)
+    candidates = [torch.tensor([5, 1]), torch.tensor([7, 9, 1])]
+    scores, _ = multi.score_candidates(inputs, multi.adapter_ids(names), candidates)
+    for i, name in enumerate(names):
+        width = int(inputs["attention_mask"][i].sum())
+        one = {k: v[i:i + 1, :width] for k, v in inputs.items()}
+        wrapped = PromptedModel(model, bank[name], causal)
+        ref, routing = wrapped.generate(one, 6, synced_gpus=False)
+        assert out[i, : ref.shape[1]].tolist() == ref[0].tolist() and index[i] == routing.index[0], (i, name)
+        torch.testing.assert_close(scores[i], wrapped.score_candidates(one, candidates)[0][0], rtol=1e-5, atol=1e-5)
+    assert len({tuple(r.tolist()) for r in out}) > 4

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.launch import REPO, events, run_trainer
+from trainer.cli.export import export
 from trainer.paths import EMBEDDED_DATA_DIR
 
 pytestmark = pytest.mark.multiprocess
@@ -92,6 +93,10 @@ def test_predict_equals_the_trainers_evaluation_example_by_example(runs, tmp_pat
         assert (ours[key]["prediction"], ours[key]["prompt"]) == (r["prediction"], r["prompt"]), key
     assert len({r["prediction"] for r in expected.values()}) > 8  # real generations, varied
     assert len({r["prompt"] for r in expected.values()}) > 1  # the router really chooses
+    # smop-export rebuilds the same adapter from the run directory (the causal backbone's config hash).
+    exported = export(one, tmp_path / "exported")
+    for name in ("adapter.safetensors", "adapter_config.json"):
+        assert (exported / name).read_bytes() == (one / "adapter" / name).read_bytes()
 
 
 def test_iapt_and_full_finetuning_on_two_ranks(tmp_path):
