@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from tests.tiny_models import ARCHITECTURES, lively_causal, random_inputs
 from trainer.methods.iapt import IAPT
+from trainer.methods.router import RoutingVariant
 from trainer.methods.smop import SMoP, masked_mean
 from trainer.models import causal
 from trainer.models.prompted import PromptedModel
@@ -192,3 +193,16 @@ def test_right_align_moves_each_rows_tokens_to_the_end():
     aligned, aligned_mask = causal.right_align(values, mask)
     assert aligned_mask.tolist() == [[0, 0, 0, 1, 1, 1], [1] * 6]
     assert aligned[0, 3:].tolist() == [0, 1, 2] and aligned[1].tolist() == values[1].tolist()
+
+
+@pytest.mark.parametrize("variant", [v.value for v in RoutingVariant])
+def test_every_routing_variant_trains_through_a_causal_backbone(llama, variant):
+    torch.manual_seed(0)
+    method = SMoP(32, 4, 3, routing=variant, balance_coef=0.01, centered=True).train()
+    wrapped = PromptedModel(llama, method, causal)
+    b = batch(6, seed=8)
+    loss, _, routing = wrapped.loss_sum(b, noise=torch.randn(6, 4))
+    (loss + routing.aux_loss).backward()
+    assert method.prompts.grad.abs().sum() > 0 and torch.isfinite(loss)
+    if method.router.proj is not None:  # 'random' has no router parameters
+        assert method.router.proj.weight.grad is not None and method.router.proj.weight.grad.abs().sum() > 0

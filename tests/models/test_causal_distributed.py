@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tests.launch import REPO, events, run_trainer
 from trainer.cli.export import export
 from trainer.paths import EMBEDDED_DATA_DIR
+from trainer.runtime.distributed import free_port
 
 pytestmark = pytest.mark.multiprocess
 
@@ -124,3 +125,22 @@ def test_prompt_tuning_and_ptuning_train_on_a_causal_backbone(tmp_path):
                             ("ptuning", ["prompt.method=ptuning", "prompt.num_prompts=1", "prompt.ptuning_hidden=16"])):
         run_trainer(tmp_path / name, *CAUSAL, *overrides, "train.max_steps=3", "eval.mode=rank")
         assert len(losses(tmp_path / name)) == 3 and events(tmp_path / name, "eval")[-1]["num_examples"] == 16
+
+
+def test_the_causal_preset_trains_smop_on_two_ranks_and_prints_the_result_block(tmp_path):
+    """configs/tiny_causal.yaml under the deepspeed launcher, shortened: the quickstart's result block (per
+    sub-task exact match, the clean routing table, the pictures) from the default router on the shipped Llama."""
+    proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "trainer/main.py",
+                           "--config", "configs/tiny_causal.yaml", "train.max_steps=40", "train.eval_every=0",
+                           "data.max_eval_examples=12", f"output_dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "backbone tiny-pretrained-causal: 127,104 params | smop: 4 x 5 prompts" in out and "ZeRO stage 3" in out
+    assert "eval at step 40: jsonl:copy/exact_match" in out and ", average " in out
+    assert "routing table (share of each task's val examples per prompt):" in out
+    assert f"pictures: {tmp_path / 'plots'}/ (loss_lr.png, routing.png, routing_tables.png, eval.png)" in out
+    final = events(tmp_path, "eval")[-1]
+    assert set(final["routing_table"]) == set(MIXTURE.split(","))
+    assert final["routing_entropy"] > 0.5  # the centred k-means router starts the sub-tasks apart
