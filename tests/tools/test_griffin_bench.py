@@ -17,7 +17,8 @@ RUNS = {  # name: the tool's arguments, each mode at its tiny size
     "t5-speed": ["speed", "--shape", "tiny", "--new_tokens", "2", "--repeats", "1"],
     "t5-ffspeed": ["ffspeed", "--ff_shape", "tiny", "--repeats", "1", "--calls", "2"],
     "causal-quality": ["quality", "--family", "causal", "--eval_examples", "10"],
-    "causal-speed": ["speed", "--family", "causal", "--shape", "tiny", "--new_tokens", "2", "--repeats", "1"],
+    "causal-speed": ["speed", "--family", "causal", "--shape", "tiny", "--new_tokens", "2", "--repeats", "1",
+                     "--clock", "cpu"],
     "causal-ffspeed": ["ffspeed", "--family", "causal", "--ff_shape", "tiny", "--repeats", "1", "--calls", "2",
                        "--selector", "magnitude"],
 }
@@ -62,6 +63,7 @@ def test_speed_reports_each_batch_and_rho(rows):
         found = [(r["family"], r["batch"], r["rho"], r["selector"]) for r in rows[name]]
         assert found == [(family, b, rho, "flocking" if rho < 1 else "full") for b in (1, 16) for rho in (1.0, *RHOS)]
         assert all(isinstance(r["ms_per_token"], float) for r in rows[name])
+        assert {r["clock"] for r in rows[name]} == {"cpu" if family == "causal" else "wall"}
 
 
 def test_ffspeed_takes_the_path_of_its_selector(rows):
