@@ -6,14 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import random
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.launch import run_trainer
 from tests.tiny_models import lively_t5
+from tools.assets.synthetic import pretraining_pair
 from trainer.cli.run_files import read_run, run_tokenizer
 from trainer.inference.adapter import config_hash, save_adapter
-from trainer.paths import EMBEDDED_DATA_DIR
+from trainer.paths import EMBEDDED_DATA_DIR, model_location
 from trainer.runtime.distributed import free_port
 from trainer.methods.smop import SMoP
 from trainer.data.readers import load_split
@@ -129,6 +133,48 @@ def test_griffin_pruning_on_one_device_and_refused_under_zero3(lively, tmp_path)
     refused = predict(*common, "--output", tmp_path / "z.jsonl", "--griffin_rho", 0.5, "--ds_config",
                       ROOT / "ds_configs/cpu_zero3.json")
     assert refused.returncode == 2 and "one device only" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def causal_adapters(tmp_path_factory):
+    """Two adapters (l=4 and l=2: the shorter prompt is left-padded in a mixed batch) for the shipped small
+    Llama, and a jsonl of its instructed language ("reverse : b3 b1 b5")."""
+    root = tmp_path_factory.mktemp("causal")
+    backbone = AutoModelForCausalLM.from_pretrained(model_location("tiny-pretrained-causal"))
+    meta = {"method": "smop", "task": "jsonl", "tokenizer": "tiny-pretrained-causal",
+            "backbone": {"name_or_path": "tiny-pretrained-causal", "config_hash": config_hash(backbone.config)}}
+    torch.manual_seed(3)
+    for name, length in (("x", 4), ("y", 2)):
+        smop = SMoP(backbone.config.hidden_size, 2, length)
+        with torch.no_grad():
+            smop.prompts.mul_(0.1)  # near the embeddings' scale: the model still follows the instruction
+        save_adapter(root / name, smop, meta)
+    rng = random.Random(0)
+    with open(root / "inputs.jsonl", "w") as f:
+        for i in range(10):
+            f.write(json.dumps({"input": pretraining_pair(rng)[0], "adapter": "y" if i % 3 == 0 else "x"}) + "\n")
+    return root
+
+
+def test_griffin_on_a_causal_backbone_selects_per_example(causal_adapters, tmp_path):
+    """GRIFFIN over the prefill of the shipped small Llama, two adapters in one batch: rho = 1 is plain
+    prediction; at rho = 0.5 every example's prediction is the one it gets in a batch of its own."""
+    common = ["--backbone", "tiny-pretrained-causal", "--adapter", f"x={causal_adapters / 'x'}", "--adapter",
+              f"y={causal_adapters / 'y'}", "--input", causal_adapters / "inputs.jsonl", "--max_new_tokens", 8]
+    runs = {"plain": [], "rho_one": ["--griffin_rho", 1], "batched": ["--griffin_rho", 0.5, "--batch_size", 10],
+            "alone": ["--griffin_rho", 0.5, "--batch_size", 1]}
+    out = {}
+    for name, extra in runs.items():
+        proc = predict(*common, *extra, "--output", tmp_path / f"{name}.jsonl")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = read(tmp_path / f"{name}.jsonl")
+    assert out["rho_one"] == out["plain"]
+    assert out["batched"] == out["alone"]
+    assert len({r["prediction"] for r in out["plain"]}) > 5  # the model answers each instruction its own way
+    assert [r["prediction"] for r in out["batched"]] != [r["prediction"] for r in out["plain"]]  # pruning acts
+    assert [r["prompt"] for r in out["batched"]] == [r["prompt"] for r in out["plain"]]  # routing precedes it
+    refused = predict(*common, "--griffin_rho", 0.5, "--griffin_window", 2, "--output", tmp_path / "w.jsonl")
+    assert refused.returncode == 2 and "--griffin_window: a T5 option" in refused.stderr
 
 
 def test_single_device_predict_from_a_checkpoint_never_imports_deepspeed(lively, tmp_path):

@@ -62,7 +62,8 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--ds_config", help="ZeRO-3 inference: shard the backbone with this DeepSpeed config")
     p.add_argument("--griffin_rho", type=float, default=1.0,
-                   help="GRIFFIN: keep this fraction of each decoder FF layer's neurons after the window "
+                   help="GRIFFIN: keep this fraction of each FF layer's neurons, per example, after the statistic "
+                        "(T5: the decoder's first --griffin_window steps; causal LM: the prefill) "
                         "(1: off; single device only)")
     p.add_argument("--griffin_window", type=int, help="GRIFFIN on T5: decoding steps run with the full FF before "
                    "pruning (default 2); a causal LM takes the statistic over the prefill and refuses it")
@@ -204,6 +205,7 @@ def predict_shard(args, model: MultiAdapterModel, tokenizer, ids, adapter_ids, d
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     device = dist.device if dist else model.backbone.device
     words, candidates = label_candidates(args, tokenizer)
+    causal = family_of(model.backbone.config) == Family.CAUSAL
     mine = []
     for indices in tqdm(eval_shards(len(ids), rank, world, args.batch_size), disable=rank != 0, desc="predict",
                         unit="batch"):
@@ -215,9 +217,11 @@ def predict_shard(args, model: MultiAdapterModel, tokenizer, ids, adapter_ids, d
             scores, index = model.score_candidates(batch, chosen, candidates)
             texts = [words[j] for j in scores.argmax(-1).tolist()]
         else:
-            # A fresh GRIFFIN context per generate call: it counts decoding steps from the first.
+            # A fresh GRIFFIN context per generate call: T5 counts decoding steps from the first, a causal LM
+            # takes the first call as the prefill. The window is T5's alone (run refuses it for a causal LM).
             pruned = args.griffin_rho < 1
-            with griffin(model.backbone, args.griffin_rho, args.griffin_window or 2) if pruned else nullcontext():
+            window = None if causal else args.griffin_window or 2
+            with griffin(model.backbone, args.griffin_rho, window) if pruned else nullcontext():
                 out, index = model.generate(batch, chosen, args.max_new_tokens, synced_gpus=world > 1)
             texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         mine += list(zip(indices, texts, index.tolist()))
