@@ -140,6 +140,33 @@ def test_greedy_generation_with_the_cache_equals_recomputing_without_it(llama):
         assert out[i, : len(made)].tolist() == made
 
 
+class EngineLike(torch.nn.Module):
+    """What the family is handed when the backbone trains (full fine-tuning): a DeepSpeed engine, whose
+    `.config` is its own JSON dict, forwarding every other attribute to `.module`."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.config = module, {"train_micro_batch_size_per_gpu": 1}
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_generation_through_a_trained_backbones_engine(llama):
+    """Full fine-tuning hands generate the engine: the model's own config (its </s> and pad) is read."""
+    prompt_fn = PromptedModel(llama, smop(), causal).prompt_fn()
+    b = batch(3, seed=5, targets=False)
+    engine, _ = causal.generate(EngineLike(llama), prompt_fn, b, 4, synced_gpus=False)
+    plain, _ = causal.generate(llama, prompt_fn, b, 4, synced_gpus=False)
+    assert torch.equal(engine, plain)
+
+
 def test_iapt_writes_its_tokens_in_the_prefill_from_the_input_only(llama):
     """IAPT on decoder layers: the generators read the input's hidden states (never the target's), write
     the first n positions before every layer, and leave decoding steps alone (the tokens sit in the cache):

@@ -116,7 +116,7 @@ def generate(backbone: nn.Module, prompt_fn: PromptFn, batch: dict, max_new_toke
     """Greedy decoding with the KV cache: [prompt ; input] is the prefill, the prompt enters nowhere else.
     `synced_gpus` keeps every ZeRO-3 rank stepping until all have finished. Returns the new tokens only."""
     embeds, mask, _, decision = sequence(backbone, prompt_fn, batch["input_ids"], batch["attention_mask"])
-    config = backbone.config
+    config = getattr(backbone, "module", backbone).config  # a trained backbone's DeepSpeed engine has its own
     eos = config.eos_token_id
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
     kwargs = {"do_sample": False, "num_beams": 1, "pad_token_id": pad, **generate_kwargs}
