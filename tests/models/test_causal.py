@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.tiny_models import ARCHITECTURES, lively_causal, random_inputs
+from tests.tiny_models import ARCHITECTURES, EngineLike, lively_causal, random_inputs
 from trainer.methods.iapt import IAPT
 from trainer.methods.smop import SMoP, masked_mean
 from trainer.models import causal
@@ -138,24 +138,6 @@ def test_greedy_generation_with_the_cache_equals_recomputing_without_it(llama):
             if made[-1] == 1:
                 break
         assert out[i, : len(made)].tolist() == made
-
-
-class EngineLike(torch.nn.Module):
-    """What the family is handed when the backbone trains (full fine-tuning): a DeepSpeed engine, whose
-    `.config` is its own JSON dict, forwarding every other attribute to `.module`."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.config = module, {"train_micro_batch_size_per_gpu": 1}
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["module"], name)
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
 
 
 def test_generation_through_a_trained_backbones_engine(llama):

@@ -64,7 +64,8 @@ def generate(backbone: nn.Module, prompt_fn: PromptFn, batch: dict, max_new_toke
     embeds, mask, decision = encoder_inputs(backbone, prompt_fn, batch["input_ids"], batch["attention_mask"])
     # Pad is T5's decoder start token and never a target. A trained T5 never emits it; a random or barely
     # trained one can, and then decodes to "" for every input. Forbidding it changes nothing for the former.
-    kwargs = {"do_sample": False, "num_beams": 1, "suppress_tokens": [backbone.config.pad_token_id], **generate_kwargs}
+    pad = getattr(backbone, "module", backbone).config.pad_token_id  # a trained backbone's engine has its own
+    kwargs = {"do_sample": False, "num_beams": 1, "suppress_tokens": [pad], **generate_kwargs}
     out = backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                             synced_gpus=synced_gpus, **kwargs)
     return out, decision
