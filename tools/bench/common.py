@@ -86,7 +86,7 @@ SIZES = {
 
 def model_overrides(size: Size) -> list[str]:
     """Trainer config overrides that build exactly this shape as the random 'tiny' backbone."""
-    causal = [f"model.family={size.family}", f"model.tiny.kv_heads={size.kv_heads}"] if size.family == "causal" else []
+    causal = ["model.family=causal", f"model.tiny.kv_heads={size.kv_heads}"] if size.family == "causal" else []
     return ["model.name_or_path=tiny", f"model.tiny.d_model={size.d_model}", f"model.tiny.d_ff={size.d_ff}",
             f"model.tiny.d_kv={size.d_kv}", f"model.tiny.num_heads={size.num_heads}",
             f"model.tiny.num_layers={size.num_layers}", f"model.tiny.vocab_size={size.vocab_size}", *causal]

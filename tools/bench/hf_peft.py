@@ -54,7 +54,8 @@ def main(spec: dict) -> None:
     import deepspeed
     import torch.distributed as tdist
     from peft import PromptTuningConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, T5ForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (AutoModelForCausalLM, T5ForConditionalGeneration, Trainer, TrainerCallback,
+                              TrainingArguments)
 
     from trainer.runtime.ds_config import load_ds_config
 

@@ -126,4 +126,6 @@ vocab_size, tie_word_embeddings). Their `params` are the published counts: 1,235
 def shape_of(config) -> T5Shape | CausalShape:
     """The shape of a transformers config of either family: an encoder-decoder config is a T5's (the one
     encoder-decoder the trainer builds), anything else a decoder-only LM's."""
-    return T5Shape.from_config(config) if getattr(config, "is_encoder_decoder", False) else CausalShape.from_config(config)
+    if getattr(config, "is_encoder_decoder", False):
+        return T5Shape.from_config(config)
+    return CausalShape.from_config(config)
