@@ -8,7 +8,8 @@ The model, data order and step are the trainer's own: `read_inputs -> distribute
 1. timed steps: `train_step` exactly as `train()` calls it, one device sync after each step (none inside);
 2. a separate instrumented pass that wraps the step's phases (forward, all-reduce) with syncs to split the
    step time: never the pass the throughput comes from;
-3. inference latency: greedy generation of a fixed number of tokens through the prompted encoder.
+3. inference latency: greedy generation of a fixed number of tokens through the prompted backbone (T5: the
+   prompt before the encoder input; a causal LM: in the prefill, then the KV cache).
 The `bare` arm runs the same forward/backward/all-reduce/step over the same engine-sharded backbone and SMoP
 module with none of the trainer's machinery (no collate per step, no global token count, no statistics, no
 clipping or schedule): the trainer's overhead is the ratio of the two. Either family: a T5 (seq2seq) or a
