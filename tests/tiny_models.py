@@ -23,6 +23,24 @@ def lively_t5(vocab_size: int = 300, gated: bool = True, seed: int = 0, d_model:
     return model.requires_grad_(False)
 
 
+class EngineLike(torch.nn.Module):
+    """What a family's functions are handed when the backbone trains (full fine-tuning): a DeepSpeed engine,
+    whose `.config` is its own JSON dict, forwarding every other attribute to `.module`."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.config = module, {"train_micro_batch_size_per_gpu": 1}
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
 def random_inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """n random inputs of 4-11 tokens ending in </s>, right-padded: ids and mask (n, longest)."""
     gen = torch.Generator().manual_seed(seed)

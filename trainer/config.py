@@ -285,7 +285,8 @@ class RunConfig:
     collective_timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before the job fails (a dead rank never hangs it)."""
     interconnect_gbps: float = 100.0
-    """Inter-node bandwidth of one node in Gbit/s, for the start-up placement check (smop-plan, trainer/perf/plan.py)."""
+    """Inter-node bandwidth of one node in Gbit/s, for the start-up placement check (smop-plan,
+    trainer/perf/plan.py; T5 backbones only)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.tiny_models import ARCHITECTURES, lively_causal, random_inputs
+from tests.tiny_models import ARCHITECTURES, EngineLike, lively_causal, random_inputs
 from trainer.methods.iapt import IAPT
 from trainer.methods.router import RoutingVariant
 from trainer.methods.smop import SMoP, masked_mean
@@ -139,6 +139,15 @@ def test_greedy_generation_with_the_cache_equals_recomputing_without_it(llama):
             if made[-1] == 1:
                 break
         assert out[i, : len(made)].tolist() == made
+
+
+def test_generation_through_a_trained_backbones_engine(llama):
+    """Full fine-tuning hands generate the engine: the model's own config (its </s> and pad) is read."""
+    prompt_fn = PromptedModel(llama, smop(), causal).prompt_fn()
+    b = batch(3, seed=5, targets=False)
+    engine, _ = causal.generate(EngineLike(llama), prompt_fn, b, 4, synced_gpus=False)
+    plain, _ = causal.generate(llama, prompt_fn, b, 4, synced_gpus=False)
+    assert torch.equal(engine, plain)
 
 
 def test_iapt_writes_its_tokens_in_the_prefill_from_the_input_only(llama):

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-from trainer.perf.shapes import T5_SHAPES
+from trainer.config import load_config
+from trainer.models.build import backbone_config
+from trainer.perf.flops import method_flops
+from trainer.perf.shapes import CAUSAL_SHAPES, T5_SHAPES, CausalShape, T5Shape, shape_of
 
 REPO = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "BENCH_RESULT "  # a worker's one result line on stdout; the orchestrator greps for it
@@ -25,7 +28,8 @@ RESULT_PREFIX = "BENCH_RESULT "  # a worker's one result line on stdout; the orc
 
 @dataclass(frozen=True)
 class Size:
-    """A backbone shape and the per-size defaults of the data shape."""
+    """A backbone shape and the per-size defaults of the data shape. The shape fields are the trainer's
+    `model.tiny.*` (a causal LM's: d_model = hidden size, d_ff = intermediate size, d_kv = head width)."""
 
     d_model: int
     d_ff: int
@@ -42,6 +46,10 @@ class Size:
     """Tokens generated per example for the inference latency."""
     ds_config: str
     """ZeRO-3 config of the size; the ZeRO-2 arm uses its stage-2 sibling."""
+    family: str = "seq2seq"
+    """model.family of the random backbone: seq2seq (a T5) or causal (a Llama)."""
+    kv_heads: int = 0
+    """Causal family: key/value heads (grouped-query attention); 0: num_heads."""
 
 
 # T5 v1.1 shapes (trainer/perf/shapes.py, from google/t5-{large,xl,xxl}-lm-adapt's config.json). The trainer's random backbone ties the output
@@ -53,19 +61,45 @@ def _t5(name: str, micro_batch: int, ds_config: str) -> Size:
     return Size(s.d_model, s.d_ff, s.d_kv, s.num_heads, s.num_layers, s.vocab_size, 512, 8, micro_batch, 8, ds_config)
 
 
+# Decoder-only shapes (trainer/perf/shapes.py, from the checkpoints' config.json). The trainer's random Llama
+# ties the output layer to the embedding (trainer/models/build.py); Llama-3.1-8B unties it: same compute,
+# vocab x d (525M) more parameters in the real checkpoint. Micro batch 8 at S = 512: the prompt-tuning-100
+# sequence (620 positions) keeps about 4 GB of bf16 activations per example through 32 layers, so 8 of them
+# and the 15 GB of weights fit an 80 GB GPU on one rank under ZeRO-3 (and HF's full-sequence logits beside).
+def _causal(name: str, micro_batch: int, ds_config: str) -> Size:
+    s = CAUSAL_SHAPES[name]
+    return Size(s.hidden_size, s.intermediate_size, s.head_dim, s.num_heads, s.num_layers, s.vocab_size, 512, 8,
+                micro_batch, 8, ds_config, family="causal", kv_heads=s.kv_heads)
+
+
 SIZES = {
     "tiny": Size(128, 512, 32, 4, 4, 2048, 128, 8, 8, 8, "ds_configs/cpu_zero3.json"),
     "t5-large": _t5("t5-large", 32, "ds_configs/t5_large_zero3_bf16.json"),
     "t5-xl": _t5("t5-xl", 16, "ds_configs/t5_xl_zero3_bf16.json"),
     "t5-xxl": _t5("t5-xxl", 8, "ds_configs/t5_xl_zero3_bf16.json"),
+    # the tiny T5's widths as a 4-layer Llama with 2 key/value heads (grouped-query attention), for the CPU
+    "tiny-causal": Size(128, 512, 32, 4, 4, 2048, 128, 8, 8, 8, "ds_configs/cpu_zero3.json", family="causal",
+                        kv_heads=2),
+    "llama-8b": _causal("llama-3.1-8b", 8, "ds_configs/zero3_bf16.json"),
 }
 
 
 def model_overrides(size: Size) -> list[str]:
     """Trainer config overrides that build exactly this shape as the random 'tiny' backbone."""
+    causal = ["model.family=causal", f"model.tiny.kv_heads={size.kv_heads}"] if size.family == "causal" else []
     return ["model.name_or_path=tiny", f"model.tiny.d_model={size.d_model}", f"model.tiny.d_ff={size.d_ff}",
             f"model.tiny.d_kv={size.d_kv}", f"model.tiny.num_heads={size.num_heads}",
-            f"model.tiny.num_layers={size.num_layers}", f"model.tiny.vocab_size={size.vocab_size}"]
+            f"model.tiny.num_layers={size.num_layers}", f"model.tiny.vocab_size={size.vocab_size}", *causal]
+
+
+def size_config(size: Size):
+    """The Hugging Face config of the backbone the trainer builds for `size` (a T5Config or a LlamaConfig)."""
+    return backbone_config(load_config(None, model_overrides(size)).model, size.vocab_size)
+
+
+def size_shape(size: Size) -> T5Shape | CausalShape:
+    """`size`'s shape as trainer/perf reads it: what the FLOP counts of every arm come from."""
+    return shape_of(size_config(size))
 
 
 def synthetic_rows(n: int, seq_len: int, target_len: int, vocab: int, seed: int) -> tuple[list, list]:
@@ -142,30 +176,29 @@ def matmul_peak_flops(device: torch.device, n: int = 8192, iters: int = 200) -> 
 
 
 # --- FLOPs: analytic, from trainer.perf.flops ----------------------------------------------------------------
-# Counted from the T5Config and the sequence lengths: the DeepSpeed flops profiler is wrong for a frozen
-# ZeRO-3 backbone (it assumes backward = 2x forward and counts partitioned weights as 0).
+# Counted from the backbone's shape (T5 or causal LM) and the sequence lengths: the DeepSpeed flops profiler is
+# wrong for a frozen ZeRO-3 backbone (it assumes backward = 2x forward and counts partitioned weights as 0).
 
-def _method_flops(t5_config, method: str, num_prompts: int, prompt_length: int, seq_len: int, target_len: int):
-    from trainer.perf.flops import T5Shape, method_flops
-
+def _method_flops(shape: T5Shape | CausalShape, method: str, num_prompts: int, prompt_length: int, seq_len: int,
+                  target_len: int):
     try:
-        return float(method_flops(method, T5Shape.from_config(t5_config), seq_len, target_len,
-                                  num_prompts or 1, prompt_length or 0))
+        return float(method_flops(method, shape, seq_len, target_len, num_prompts or 1, prompt_length or 0))
     except ValueError:  # an arm whose method trainer.perf.flops does not know
         return None
 
 
-def inference_flops_per_example(t5_config, method: str, num_prompts: int, prompt_length: int,
+def inference_flops_per_example(shape: T5Shape | CausalShape, method: str, num_prompts: int, prompt_length: int,
                                 seq_len: int, target_len: int, gen_tokens: int) -> float | None:
-    """Inference FLOPs of one example: the encoder over prompt + input, the decoder over gen_tokens."""
-    return _method_flops(t5_config, method, num_prompts, prompt_length, seq_len, gen_tokens)
+    """Inference FLOPs of one example with gen_tokens generated: T5's encoder over prompt + input and decoder
+    over gen_tokens; a causal LM's prompt + input + gen_tokens sequence (trainer/perf/flops.py)."""
+    return _method_flops(shape, method, num_prompts, prompt_length, seq_len, gen_tokens)
 
 
-def train_flops_per_example(t5_config, method: str, num_prompts: int, prompt_length: int,
+def train_flops_per_example(shape: T5Shape | CausalShape, method: str, num_prompts: int, prompt_length: int,
                             seq_len: int, target_len: int) -> float | None:
     """Model FLOPs of one training example, for MFU. Backward through a frozen backbone computes activation
     gradients only (one matmul per forward matmul): 2x forward; full fine-tuning adds weight gradients: 3x."""
-    forward = _method_flops(t5_config, method, num_prompts, prompt_length, seq_len, target_len)
+    forward = _method_flops(shape, method, num_prompts, prompt_length, seq_len, target_len)
     if forward is None:
         return None
     return forward * (3 if method == "full_finetune" else 2)

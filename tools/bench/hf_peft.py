@@ -2,9 +2,16 @@
 
     torchrun --nproc_per_node 2 -m tools.bench.hf_peft '<spec json>'     (tools/bench/speed.py writes the spec)
 
-Same backbone shape (the trainer's own T5Config for the size, random weights), same synthetic fixed-length
-rows, same ZeRO stage and precision (the arm's ds_config, batch keys filled), same optimiser (AdamW, lr 0.3,
-clip 1.0, linear schedule). PEFT is a benchmark-only dependency (`pip install -e ".[bench]"`).
+Same backbone shape (the trainer's own config for the size: a T5Config, or for a causal size the LlamaConfig
+of its random Llama; random weights), same synthetic fixed-length rows, same ZeRO stage and precision (the
+arm's ds_config, batch keys filled), same optimiser (AdamW, lr 0.3, clip 1.0, linear schedule). PEFT is a
+benchmark-only dependency (`pip install -e ".[bench]"`).
+
+On a T5, `TaskType.SEQ_2_SEQ_LM`: the prompt before the encoder input. On a causal LM, `TaskType.CAUSAL_LM`:
+the same rows as one sequence, input then target, labels -100 over the input (the model shifts them itself),
+PEFT prepending the L virtual tokens (and -100 labels for them). Unlike the trainer, which computes logits for
+the target's T + 1 columns only, the HF model computes them for every column: that is what a user of
+HF + PEFT gets, and part of what the comparison measures.
 Step times come from a TrainerCallback (on_step_begin/on_step_end, synced); HF Trainer runs forward,
 backward and the DeepSpeed step inside one `training_step`, so no phase split is reported for this arm.
 """
@@ -19,13 +26,21 @@ from pathlib import Path
 
 import torch
 
-from tools.bench.common import (Size, combine, emit, model_overrides, peak_memory, rank_figures,
-                                reset_peak_memory, sync, synthetic_rows)
+from tools.bench.common import (Size, combine, emit, peak_memory, rank_figures, reset_peak_memory, size_config, sync,
+                                synthetic_rows)
 
 
 class Rows(torch.utils.data.Dataset):
-    def __init__(self, input_ids: list, labels: list):
-        self.input_ids, self.labels = torch.tensor(input_ids), torch.tensor(labels)
+    """Training rows from `synthetic_rows`: input ids (S) and labels (T); causal: one sequence (S + T) of input
+    then target, with labels -100 over the input."""
+
+    def __init__(self, input_ids: list, labels: list, causal: bool):
+        inputs, targets = torch.tensor(input_ids), torch.tensor(labels)
+        if causal:
+            self.input_ids = torch.cat([inputs, targets], 1)
+            self.labels = torch.cat([torch.full_like(inputs, -100), targets], 1)
+        else:
+            self.input_ids, self.labels = inputs, targets
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -39,10 +54,9 @@ def main(spec: dict) -> None:
     import deepspeed
     import torch.distributed as tdist
     from peft import PromptTuningConfig, TaskType, get_peft_model
-    from transformers import T5ForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (AutoModelForCausalLM, T5ForConditionalGeneration, Trainer, TrainerCallback,
+                              TrainingArguments)
 
-    from trainer.models.build import tiny_t5_config
-    from trainer.config import load_config
     from trainer.runtime.ds_config import load_ds_config
 
     size = Size(**spec["size"])
@@ -66,15 +80,19 @@ def main(spec: dict) -> None:
     # deepspeed.comm for the world size, so attach it to the existing group (what accelerate does on GPUs).
     deepspeed.init_distributed()
     # Built after TrainingArguments: its HfDeepSpeedConfig makes transformers construct into ZeRO-3 partitions.
-    model_cfg = load_config(None, model_overrides(size)).model
-    t5_config = tiny_t5_config(model_cfg, size.vocab_size)
+    config, causal = size_config(size), size.family == "causal"
     dtype = torch.bfloat16 if bf16 else torch.float32
-    model = T5ForConditionalGeneration._from_config(t5_config, dtype=dtype)
-    # num_transformer_submodules=1: the prompt before the encoder input only, as in Lester et al. and this
-    # trainer. PEFT's SEQ_2_SEQ_LM default (2) also prepends another L virtual tokens to the decoder input,
-    # twice the trainable parameters and L more decoder positions: a different, heavier method.
-    model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_transformer_submodules=1,
-                                                     num_virtual_tokens=spec["prompt_length"]))
+    if causal:  # as trainer/models/build.py builds the random Llama
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        peft_config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec["prompt_length"])
+    else:
+        model = T5ForConditionalGeneration._from_config(config, dtype=dtype)
+        # num_transformer_submodules=1: the prompt before the encoder input only, as in Lester et al. and this
+        # trainer. PEFT's SEQ_2_SEQ_LM default (2) also prepends another L virtual tokens to the decoder input,
+        # twice the trainable parameters and L more decoder positions: a different, heavier method.
+        peft_config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_transformer_submodules=1,
+                                         num_virtual_tokens=spec["prompt_length"])
+    model = get_peft_model(model, peft_config)
     n = size.micro_batch * world * 8
     input_ids, labels = synthetic_rows(n, size.seq_len, size.target_len, size.vocab_size, 42)
 
@@ -96,13 +114,14 @@ def main(spec: dict) -> None:
             if state.global_step > spec["warmup"]:
                 times.append(time.perf_counter() - self.started)
 
-    trainer = Trainer(model=model, args=args, train_dataset=Rows(input_ids, labels), callbacks=[Timer()])
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(input_ids, labels, causal), callbacks=[Timer()])
     trainer.train()
     mem = peak_memory(device)
     latency = None
-    if spec["infer_repeats"] > 0:
-        latency = generation_latency(trainer.model, Rows(input_ids, labels)[: size.micro_batch], device,
-                                     size.gen_tokens, spec["infer_repeats"], world > 1)
+    if spec["infer_repeats"] > 0:  # generation from the inputs alone (T5: into the encoder; causal: the prefill)
+        prefix = torch.tensor(input_ids[: size.micro_batch])
+        latency = generation_latency(trainer.model, {"input_ids": prefix, "attention_mask": torch.ones_like(prefix)},
+                                     device, size.gen_tokens, spec["infer_repeats"], world > 1)
     per_rank = [None] * world
     tdist.all_gather_object(per_rank, rank_figures(times, {}, mem, latency))
     if tdist.get_rank() == 0:
@@ -116,7 +135,8 @@ def main(spec: dict) -> None:
 
 
 def generation_latency(model, batch: dict, device, gen_tokens: int, repeats: int, synced: bool) -> float:
-    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    """Median seconds to generate exactly `gen_tokens` tokens for `batch` (input ids and mask), greedy."""
+    batch = {k: v.to(device) for k, v in batch.items()}
     model.eval()
     times = []
     with torch.no_grad():

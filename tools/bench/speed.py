@@ -3,12 +3,17 @@ synthetic data shape, same hardware. Prints a table with ratios to a baseline ar
 
     python -m tools.bench --size tiny                                   # CPU: 2 gloo ranks per arm
     python -m tools.bench --size t5-xl --arms smop-4x5,pt-100,hf-peft-100,bare --baseline pt-100   # a GPU
+    python -m tools.bench --size tiny-causal                            # the same arms on a tiny random Llama
+    python -m tools.bench --size llama-8b --arms smop-4x5,pt-100,hf-peft-100 --baseline pt-100     # a GPU
+
+Sizes (tools/bench/common.py SIZES): T5s (tiny, t5-large, t5-xl, t5-xxl) and decoder-only LMs (tiny-causal,
+llama-8b: Llama-3.1-8B's shape), each a random backbone the trainer builds from model.tiny.*.
 
 Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
     smop-KxL          this trainer, SMoP with k prompts of l tokens (ZeRO-3)
     smop-KxL-zero2    the same under ZeRO-2
     ...-ckpt          suffix for any trainer arm: backbone activation checkpointing on (memory/speed trade-off)
-    ...-eager         suffix for any trainer arm: eager T5 attention instead of transformers' default SDPA
+    ...-eager         suffix for any trainer arm: eager attention instead of transformers' default SDPA
     ...-grouped       suffix for any trainer arm: data.group_by_length=50 (length-grouped batches; pair it
                       with --lengths varied, since fixed-length rows have nothing to group)
     ...-gathered      suffix for any trainer arm: the latency measured with the ZeRO-3 backbone gathered once
@@ -18,6 +23,7 @@ Arms (`--arms`, comma-separated; names are parsed, so other shapes work too):
                       compile itself happens in the warm-up steps, reported as warmup_step_s)
     pt-L              this trainer, prompt tuning (prompt.method=prompt_tuning num_prompts=1 prompt_length=L)
     hf-peft-L         Hugging Face Trainer + PEFT prompt tuning (num_virtual_tokens=L), same ZeRO stage
+                      (SEQ_2_SEQ_LM on a T5, CAUSAL_LM on a causal size)
     full-ft           prompt.method=full_finetune, when the trainer has it
     bare              a bare forward/backward/all-reduce/step loop over smop-4x5's model (trainer overhead)
 See docs/benchmarks.md for the figures, the targets and how to read them.
@@ -36,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tools.bench.common import REPO, RESULT_PREFIX, SIZES, as_dict, device_info
-from tools.bench.common import flops_source, inference_flops_per_example, train_flops_per_example
+from tools.bench.common import flops_source, inference_flops_per_example, size_shape, train_flops_per_example
 from trainer.runtime.distributed import free_port
 from trainer.monitor.provenance import git_revision
 
@@ -132,11 +138,19 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
            "--master_port", str(free_port()), "-m", worker, json.dumps(spec)]  # a module: it imports tools.*
     log = out / f"{spec['arm']}.log"
     started = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        stdout, stderr, rc = _text(e.stdout), _text(e.stderr) + f"\ntimed out after {timeout} s", -1
+    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            # SIGTERM: torchrun stops its ranks before it exits (a SIGKILL would leave them running)
+            proc.terminate()
+            try:
+                stdout, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            stderr, rc = stderr + f"\ntimed out after {timeout} s", -1
     log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
     lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if lines:
@@ -157,14 +171,10 @@ def run_arm(spec: dict, nproc: int, env: dict, timeout: int, out: Path) -> dict:
 
 
 def add_flops(result: dict, size, peak: float | None) -> None:
-    """FLOPs per example from trainer.perf.flops (via the hook in bench_common) and MFU against the measured peak."""
-    from trainer.models.build import tiny_t5_config
-    from trainer.config import load_config
-    from tools.bench.common import model_overrides
-
-    t5 = tiny_t5_config(load_config(None, model_overrides(size)).model, size.vocab_size)
-    args = (t5, result.get("method"), result.get("num_prompts"), result.get("prompt_length"), size.seq_len,
-            size.target_len)
+    """FLOPs per example from trainer.perf.flops (through tools/bench/common.py) on the shape the trainer builds
+    for the size, either family, and MFU against the measured peak."""
+    args = (size_shape(size), result.get("method"), result.get("num_prompts"), result.get("prompt_length"),
+            size.seq_len, size.target_len)
     result["inference_flops_per_example"] = inference_flops_per_example(*args, size.gen_tokens)
     train = train_flops_per_example(*args)
     result["train_flops_per_example"] = train
@@ -339,10 +349,6 @@ def _f(value, scale: float, digits: int) -> str:
 
 def _x(ratio) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
-
-
-def _text(data) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 def _error_line(stderr: str, rc: int) -> str:

@@ -8,10 +8,13 @@ The model, data order and step are the trainer's own: `read_inputs -> distribute
 1. timed steps: `train_step` exactly as `train()` calls it, one device sync after each step (none inside);
 2. a separate instrumented pass that wraps the step's phases (forward, all-reduce) with syncs to split the
    step time: never the pass the throughput comes from;
-3. inference latency: greedy generation of a fixed number of tokens through the prompted encoder.
+3. inference latency: greedy generation of a fixed number of tokens through the prompted backbone (T5: the
+   prompt before the encoder input; a causal LM: in the prefill, then the KV cache).
 The `bare` arm runs the same forward/backward/all-reduce/step over the same engine-sharded backbone and SMoP
 module with none of the trainer's machinery (no collate per step, no global token count, no statistics, no
-clipping or schedule): the trainer's overhead is the ratio of the two.
+clipping or schedule): the trainer's overhead is the ratio of the two. Either family: a T5 (seq2seq) or a
+decoder-only LM (`model.family=causal`, the size's `family`), whose bare forward is the one sequence of
+[prompt ; input ; target].
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from tools.bench.common import (Size, combine, device_info, emit, matmul_peak_flops, median, model_overrides,
                                 peak_memory, rank_figures, reset_peak_memory, sync, synthetic_rows, varied_rows)
+from trainer.models import causal
 
 
 def main(spec: dict) -> None:
@@ -156,13 +160,9 @@ def bare_step(run, batch: dict, tdist, marks: list | None) -> None:
     """forward -> backward -> one flat all-reduce of the trainable gradients -> optimizer step."""
     backbone, smop, device = run.model.backbone, run.model.method, run.dist.device
     mark(marks, "forward", device)
-    tokens = backbone.get_input_embeddings()(batch["input_ids"])  # (batch, S, d)
-    prompts, routing = smop(tokens, batch["attention_mask"])  # (batch, l, d) fp32
-    embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)
-    mask = torch.cat([batch["attention_mask"].new_ones(prompts.shape[:2]), batch["attention_mask"]], 1)
     labels = batch["labels"]
-    logits = backbone(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=backbone._shift_right(labels)).logits
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten()) + routing.aux_loss
+    logits, routing = (bare_causal_logits if run.model.family is causal else bare_seq2seq_logits)(backbone, smop, batch)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100) + routing.aux_loss
     mark(marks, "backward", device)
     loss.backward()
     mark(marks, "communication", device)
@@ -177,6 +177,32 @@ def bare_step(run, batch: dict, tdist, marks: list | None) -> None:
     run.state.optimizer.step()
     run.state.optimizer.zero_grad(set_to_none=True)
     mark(marks, "end", device)
+
+
+def bare_seq2seq_logits(backbone, smop, batch: dict):
+    """T5: [prompt ; input] into the encoder, the shifted targets into the decoder. Logits (batch, T, V)."""
+    tokens = backbone.get_input_embeddings()(batch["input_ids"])  # (batch, S, d)
+    prompts, routing = smop(tokens, batch["attention_mask"])  # (batch, l, d) fp32
+    embeds = torch.cat([prompts.to(tokens.dtype), tokens], 1)
+    mask = torch.cat([batch["attention_mask"].new_ones(prompts.shape[:2]), batch["attention_mask"]], 1)
+    logits = backbone(inputs_embeds=embeds, attention_mask=mask,
+                      decoder_input_ids=backbone._shift_right(batch["labels"])).logits
+    return logits, routing
+
+
+def bare_causal_logits(backbone, smop, batch: dict):
+    """A causal LM: [prompt ; input ; target] in one sequence, positions from the mask, logits of the T + 1
+    last columns only, the last dropped (docs/method.md §10). Logits (batch, T, V). The input is right-aligned
+    against the target (a no-op on fixed-length rows) so that the column before each target token is real."""
+    labels, width = batch["labels"], batch["input_ids"].shape[1]
+    embedded = backbone.get_input_embeddings()(torch.cat([batch["input_ids"], labels.clamp(min=0)], 1))
+    tokens, input_mask = causal.right_align(embedded[:, :width], batch["attention_mask"])  # (batch, S, d), (batch, S)
+    prompts, routing = smop(tokens, input_mask)  # (batch, l, d) fp32
+    embeds = torch.cat([prompts.to(tokens.dtype), tokens, embedded[:, width:]], 1)
+    mask = torch.cat([input_mask.new_ones(prompts.shape[:2]), input_mask, (labels != -100).to(input_mask.dtype)], 1)
+    logits = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                      use_cache=False, logits_to_keep=labels.shape[1] + 1).logits[:, :-1]
+    return logits, routing
 
 
 def paired_overhead(bare_one_step, run, device: torch.device, steps: int) -> dict:

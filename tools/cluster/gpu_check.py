@@ -3,7 +3,11 @@ the final report (DIR/gpu_check.json and the printed table).
 
     python -m tools.cluster.gpu_check env OUT.json
     python -m tools.cluster.gpu_check train-ds-config OUT.json
-    python -m tools.cluster.gpu_check report DIR [--dry-run 0|1] [--size t5-xl] [--budget-s 480]
+    python -m tools.cluster.gpu_check report DIR [--dry-run 0|1] [--size t5-xl] [--causal-size llama-8b]
+                                                [--budget-s 480]
+
+The report holds both benches: `bench` (T5, --size) and `bench_causal` (a decoder-only LM, --causal-size),
+each with its arms, ratios to its own baseline and the targets.
 """
 from __future__ import annotations
 
@@ -91,7 +95,8 @@ def train_summary(run_dir: Path) -> dict:
 
 
 BENCH_KEYS = ("status", "samples_per_s", "peak_memory_bytes", "mfu", "step_time_s", "latency_s_per_example",
-              "backbone_dtype", "world_size", "ratios", "error", "warmup_step_s_rank0")
+              "backbone_dtype", "world_size", "ratios", "error", "warmup_step_s_rank0", "trainable_params",
+              "inference_flops_per_example", "train_flops_per_example")
 
 
 def bench_summary(path: Path) -> dict:
@@ -104,16 +109,18 @@ def bench_summary(path: Path) -> dict:
             "targets": bench["targets"]}
 
 
-def report(out: Path, dry_run: bool, size: str, budget_s: int) -> int:
+def report(out: Path, dry_run: bool, size: str, causal_size: str, budget_s: int) -> int:
     raw = out / "raw"
     steps = [json.loads(line) for line in (raw / "steps.jsonl").read_text().splitlines() if line.strip()]
     env = json.loads((raw / "env.json").read_text()) if (raw / "env.json").exists() else {}
-    result = {"dry_run": dry_run, "size": "tiny" if dry_run else size, "budget_s": budget_s,
+    result = {"dry_run": dry_run, "size": "tiny" if dry_run else size,
+              "causal_size": "tiny-causal" if dry_run else causal_size, "budget_s": budget_s,
               "total_s": sum(s.get("seconds", 0) for s in steps), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "steps": steps, "env": {k: v for k, v in env.items() if k != "nvidia_smi"},
               "install": (raw / "install.log").read_text().strip().splitlines() if (raw / "install.log").exists() else [],
               "tests": tests_summary(raw / "tests.xml"), "train": train_summary(raw / "train"),
-              "bench": bench_summary(raw / "bench" / "bench.json")}
+              "bench": bench_summary(raw / "bench" / "bench.json"),
+              "bench_causal": bench_summary(raw / "bench_causal" / "bench.json")}
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
     return 0 if all(s["status"] == "ok" for s in steps) else 1
@@ -125,8 +132,8 @@ def print_table(r: dict) -> None:
     print(f"\n# gpu_check{' --dry-run' if r['dry_run'] else ''} | {devices[0]['name']} x {len(env.get('devices', []))} | "
           f"python {v.get('python')} torch {v.get('torch')} (CUDA {env.get('torch_cuda')}) transformers "
           f"{v.get('transformers')} deepspeed {v.get('deepspeed')} peft {v.get('peft')} | {r['total_s']} s of {r['budget_s']}")
-    print("\nstep     status   s     detail")
-    t, tr, b = r["tests"], r["train"], r["bench"]
+    print("\nstep         status   s     detail")
+    t, tr = r["tests"], r["train"]
     details = {
         "install": (r["install"] or [""])[-1][:90],
         "env": f"bf16 {env.get('bf16_supported')}, NCCL {env.get('nccl')}, flash SDPA {env.get('flash_sdp')}",
@@ -135,15 +142,25 @@ def print_table(r: dict) -> None:
         "train": (f"{tr.get('steps')} steps, loss {_f(tr.get('first_loss'))} -> {_f(tr.get('last_loss'))}, "
                   f"{tr.get('backbone_dtype')} backbone, world {tr.get('world_size')}, {tr.get('elapsed_s')} s"
                   + (f", eval {tr['eval']}" if tr.get("eval") else "")) if "steps" in tr else tr.get("status", ""),
-        "bench": f"{b.get('size')}, {sum(a.get('status') == 'ok' for a in b.get('arms', {}).values())}/"
-                 f"{len(b.get('arms', {}))} arms ok" if "arms" in b else b.get("status", "")}
+        "bench": _arms_ok(r["bench"]), "bench_causal": _arms_ok(r["bench_causal"])}
     for s in r["steps"]:
-        print(f"{s['step']:<8} {s['status']:<8} {s.get('seconds', 0):<5} {details.get(s['step'], '')}")
+        print(f"{s['step']:<12} {s['status']:<8} {s.get('seconds', 0):<5} {details.get(s['step'], '')}")
     failed = [c for c in t.get("cases", []) if c["outcome"] in ("failure", "error")]
     for c in failed:
         print(f"  FAILED {c['test']}: {c['message'][:150]}")
+    for b in (r["bench"], r["bench_causal"]):
+        if "arms" in b:
+            print_bench(b)
+
+
+def _arms_ok(b: dict) -> str:
     if "arms" not in b:
-        return
+        return b.get("status", "")
+    return f"{b['size']}, {sum(a.get('status') == 'ok' for a in b['arms'].values())}/{len(b['arms'])} arms ok"
+
+
+def print_bench(b: dict) -> None:
+    """One bench's rows (samples/s, peak memory, MFU, ratios to its baseline) and its targets."""
     mib = 2**20
     print(f"\nbench {b['size']} | {b['device'].get('name')} | x = ratio to {b['baseline']}")
     print(f"{'arm':<24} {'status':<7} {'samples/s':>9} {'x':>5} {'peak MiB':>9} {'x':>5} {'MFU':>6}")
@@ -155,7 +172,7 @@ def print_table(r: dict) -> None:
         mfu = "n/a" if a.get("mfu") is None else f"{100 * a['mfu']:.1f}%"
         print(f"{name:<24} {'ok':<7} {a['samples_per_s']:>9.2f} {_x(q.get('samples_per_s')):>5} "
               f"{a['peak_memory_bytes'] / mib:>9.0f} {_x(q.get('peak_memory')):>5} {mfu:>6}")
-    print("\ntargets (goals hold for T5-XL on an H100-class GPU only):")
+    print("\ntargets (the goals were set for T5-XL on an H100-class GPU):")
     for h in b["targets"]:
         value = "n/a" if h["value"] is None else f"{h['value']:.3f}"
         print(f"  {h['target']:<36} {value:>8}  goal {h['goal']:<7} {({None: 'n/a', True: 'met', False: 'NOT met'})[h['met']]}")
@@ -178,6 +195,7 @@ def main(argv=None) -> int:
     rep.add_argument("out", type=Path)
     rep.add_argument("--dry-run", type=int, default=0)
     rep.add_argument("--size", default="t5-xl")
+    rep.add_argument("--causal-size", default="llama-8b")
     rep.add_argument("--budget-s", type=int, default=480)
     args = p.parse_args(argv)
     if args.cmd == "env":
@@ -186,7 +204,7 @@ def main(argv=None) -> int:
     if args.cmd == "train-ds-config":
         train_ds_config(args.path)
         return 0
-    return report(args.out, bool(args.dry_run), args.size, args.budget_s)
+    return report(args.out, bool(args.dry_run), args.size, args.causal_size, args.budget_s)
 
 
 if __name__ == "__main__":

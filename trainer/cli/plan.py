@@ -8,7 +8,8 @@ The model and its assumptions are in trainer/perf/traffic.py (traffic, checked a
 tools/bench/comm_volume.py) and trainer/perf/plan.py (memory from DeepSpeed's estimators, time from analytic
 FLOPs and an assumed MFU); the shapes are trainer/perf/shapes.py's. Defaults: H100 SXM (989 TFLOP/s dense
 bf16, 80 GiB), MFU 0.35, NVLink-class 2400 Gbit/s per device inside a node, SMoP 4 x 5, S = 512, T = 8, bf16,
-the benchmark's micro batches for each size (tools/bench/common.py).
+the benchmark's micro batches for each size (tools/bench/common.py). T5 only: the traffic model is a T5's
+module trace (trainer/perf/traffic.py says what a decoder-only one would need).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Predicted step time and peak memory of each way to place the frozen backbone, and the start-up notice.
+"""Predicted step time and peak memory of each way to place the frozen T5 backbone, and the start-up notice
+(T5 only, as trainer/perf/traffic.py's trace is: decoder-only backbones get no prediction and no notice).
 
 Placements (ZeRO++ options only where DeepSpeed 0.19.8 applies them without an engine optimiser, the
 trainer's case: `engine._configure_zero_optimizer` builds a `DeepSpeedZeRoOffload`, which takes the hpZ

@@ -18,6 +18,16 @@ into step times. Per rank and step, bytes received (= sent):
   decoder block's self-attention and cross-attention query (which see no prompt-dependent input) have no
   backward. Tensors up to stage3_param_persistence_threshold are never gathered after start-up. With ZeRO++
   hpZ the gathers read from the node's secondary partition: (h-1)/h instead of (W-1)/W, h ranks per node.
+
+T5 only: the trace below is a T5's, so trainer/perf/plan.py, smop-plan and the start-up placement line
+(trainer/main.py `placement_notice`) skip decoder-only backbones. A causal trace would need: the module order
+of trainer/models/causal.py's forward (the embedding, called once over [input ; target]; per layer the input
+norm, q, k and v (k and v kv_heads x head_dim wide), o, the post-attention norm, gate, up, down; the final
+norm; the output layer, which is the embedding matrix gathered a second time when tied); which uses have a
+backward (every layer's, since the prompts sit before every input and target column; not the embedding
+lookup); the same replay of DeepSpeed's reuse rule over it; a measurement against tools/bench/comm_volume.py,
+which builds T5s only today; and, in plan.py, activations over l + S + T positions through every layer (no
+encoder/decoder split) and logits over T + 1 columns.
 """
 from __future__ import annotations
 
