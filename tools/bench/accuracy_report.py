@@ -20,7 +20,8 @@ from transformers import AutoConfig
 from tools.bench.accuracy_arms import ARMS
 from trainer.config import load_config
 from trainer.paths import model_location
-from trainer.perf.flops import T5Shape, method_flops
+from trainer.perf.flops import method_flops
+from trainer.perf.shapes import shape_of
 
 COLLAPSE_BELOW = 3
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
@@ -39,20 +40,17 @@ def routing_verdict(table: dict[str, list[float]] | None) -> dict | None:
     return {"distinct": distinct, "collapsed": distinct < COLLAPSE_BELOW}
 
 
-def inference_flops(arm: str, data_dir: Path, backbone: str = "tiny-pretrained") -> float | None:
-    """Analytic FLOPs of one test example under `arm` on `backbone` at the mixture's mean input and target
-    lengths (word-level tokenizer: one token per word, plus </s>); None where the performance model has no
-    count for the backbone's family."""
+def inference_flops(arm: str, data_dir: Path, backbone: str = "tiny-pretrained") -> float:
+    """Analytic FLOPs of one test example under `arm` on `backbone` (either family) at the mixture's mean
+    input and target lengths (word-level tokenizer: one token per word, plus </s>)."""
     records = [json.loads(line) for f in sorted(Path(data_dir).glob("*/val.jsonl"))
                for line in f.read_text().splitlines()]
     source = statistics.mean(len(r["input"].split()) + 1 for r in records)
     target = statistics.mean(len(r["target"].split()) + 1 for r in records)
     p = load_config(None, ARMS[arm][0]).prompt
-    config = AutoConfig.from_pretrained(model_location(backbone))
-    if not config.is_encoder_decoder:
-        return None
-    return method_flops(p.method, T5Shape.from_config(config), source, target, p.num_prompts, p.prompt_length,
-                        p.iapt_bottleneck, p.iapt_prompts)
+    shape = shape_of(AutoConfig.from_pretrained(model_location(backbone)))
+    return method_flops(p.method, shape, source, target, p.num_prompts, p.prompt_length, p.iapt_bottleneck,
+                        p.iapt_prompts)
 
 
 def summarise_arms(results: dict, data_dir: Path, backbone: str = "tiny-pretrained") -> dict:
