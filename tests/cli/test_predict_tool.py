@@ -157,18 +157,18 @@ def causal_adapters(tmp_path_factory):
 
 
 def test_griffin_on_a_causal_backbone_selects_per_example(causal_adapters, tmp_path):
-    """GRIFFIN over the prefill of the shipped small Llama, two adapters in one batch: rho = 1 is plain
-    prediction; at rho = 0.5 every example's prediction is the one it gets in a batch of its own."""
+    """GRIFFIN over the prefill of the shipped small Llama, two adapters in one batch: at rho = 0.25 every
+    example's prediction is the one it gets in a batch of its own (rho = 1 reproducing plain generation
+    exactly is tests/inference/test_griffin.py's)."""
     common = ["--backbone", "tiny-pretrained-causal", "--adapter", f"x={causal_adapters / 'x'}", "--adapter",
               f"y={causal_adapters / 'y'}", "--input", causal_adapters / "inputs.jsonl", "--max_new_tokens", 8]
-    runs = {"plain": [], "rho_one": ["--griffin_rho", 1], "batched": ["--griffin_rho", 0.5, "--batch_size", 10],
-            "alone": ["--griffin_rho", 0.5, "--batch_size", 1]}
+    runs = {"plain": [], "batched": ["--griffin_rho", 0.25, "--batch_size", 10],
+            "alone": ["--griffin_rho", 0.25, "--batch_size", 1]}
     out = {}
     for name, extra in runs.items():
         proc = predict(*common, *extra, "--output", tmp_path / f"{name}.jsonl")
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[name] = read(tmp_path / f"{name}.jsonl")
-    assert out["rho_one"] == out["plain"]
     assert out["batched"] == out["alone"]
     assert len({r["prediction"] for r in out["plain"]}) > 5  # the model answers each instruction its own way
     assert [r["prediction"] for r in out["batched"]] != [r["prediction"] for r in out["plain"]]  # pruning acts
