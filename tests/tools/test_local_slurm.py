@@ -26,7 +26,7 @@ from tests.launch import REPO as ROOT
 
 pytestmark = pytest.mark.cluster
 
-SCRIPT = ROOT / "tools" / "local_slurm.sh"
+SCRIPT = ROOT / "tools" / "cluster" / "local_slurm.sh"
 NEEDED = ("sbatch", "srun", "scontrol", "squeue", "scancel", "slurmctld", "slurmd", "munged")
 TIMINGS: dict[str, float] = {}
 
