@@ -254,6 +254,12 @@ class CheckpointConfig:
     config changed; or a checkpoint name (step-000200) or directory to continue from."""
     stop_at: int = 0
     """Stop after this step as if pre-empted (checkpoint, exit code 3): splits a run into jobs; 0: never."""
+    at_first_step: bool = False
+    """Also checkpoint after step 1: a wrong, read-only or nearly full output_dir fails in the first minute
+    (exit code 6) instead of at the first periodic checkpoint."""
+    fallback: bool = True
+    """Resuming when the newest checkpoint is damaged (size or SHA-256 differs from meta.json, or no
+    meta.json): true falls back to the one before, saying so; false makes it an error (exit code 2)."""
 
 
 @dataclass

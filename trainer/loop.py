@@ -15,7 +15,8 @@ from trainer.methods.prompted import PromptedT5
 from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
 from trainer.runtime import checkpoint, distributed
 from trainer.runtime.distributed import Dist
-from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, EXIT_STORAGE, NonFiniteLoss
+from trainer.runtime.storage import StorageError
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
 from trainer.state import TrainState
 
@@ -41,6 +42,8 @@ class Run:
     monitor: Monitor
     collapse: CollapseDetector | None = None
     """Watches the clean routing of routed methods (None: nothing routed to watch)."""
+    first_step: int = 1
+    """The first step this job trains (after a resume: the checkpoint's step + 1), for checkpoint.at_first_step."""
     collapsed: bool = False
     """Set on every rank at the same step when collapse is declared and monitor.stop_on_collapse is on."""
     stats: dict = field(default_factory=dict)
@@ -53,6 +56,7 @@ def train(run: Run) -> dict:
     reset_stats(run)
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not run.dist.is_main, desc="train", unit="step")
     started, last_eval = time.time(), {}
+    run.first_step = run.state.step + 1
     while run.state.step < cfg.max_steps:
         train_step(run)
         run.state.step += 1
@@ -76,6 +80,10 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
     except NonFiniteLoss as e:
         print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
         return _close(run, EXIT_NONFINITE), {}
+    except StorageError as e:  # raised on every rank at the same step; one line says it all
+        if run.dist.is_main:
+            print(f"\nerror: {e}", file=sys.stderr)
+        return _close(run, EXIT_STORAGE, plots=False), {}
     finally:
         run.state.guard.uninstall()
     if run.collapsed:
@@ -92,8 +100,8 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
     return None, result
 
 
-def _close(run: Run, code: int) -> int:
-    run.monitor.close(plots=run.cfg.monitor.plots)  # pictures of the run so far
+def _close(run: Run, code: int, plots: bool = True) -> int:
+    run.monitor.close(plots=plots and run.cfg.monitor.plots)  # pictures of the run so far
     distributed.destroy()
     return code
 
@@ -145,16 +153,21 @@ def log_due(run: Run) -> bool:
 
 
 def periodic_save_due(run: Run) -> bool:
+    """checkpoint.every, and the storage probe of checkpoint.at_first_step after this job's first step."""
     every = run.cfg.checkpoint.every
-    return bool(every) and run.state.step % every == 0
+    probe = run.cfg.checkpoint.at_first_step and run.state.step == run.first_step
+    return (bool(every) and run.state.step % every == 0) or probe
 
 
 def maybe_save(run: Run) -> bool:
-    """Checkpoint every checkpoint.every steps (not inside a non-finite streak), at the end, and when
-    stopping; True: stop now."""
+    """Checkpoint every checkpoint.every steps and after the first step with checkpoint.at_first_step (not
+    inside a non-finite streak), at the end, and when stopping; True: stop now. A save that cannot be written
+    raises StorageError on every rank."""
     end, stop = run.state.step == run.cfg.train.max_steps, run.state.guard.stop_requested or run.collapsed
     if (periodic_save_due(run) and not run.state.guard.streak) or end or stop:
-        reason = "collapse" if run.collapsed else "signal" if stop else "end" if end else "periodic"
+        first = run.state.step == run.first_step and run.cfg.checkpoint.at_first_step
+        reason = ("collapse" if run.collapsed else "signal" if stop else "end" if end else
+                  "first_step" if first else "periodic")
         checkpoint.save(run.state, run.dist, checkpoint.checkpoints_dir(run.cfg), run.cfg.checkpoint.keep, reason)
     return stop
 

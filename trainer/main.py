@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from trainer.config import RunConfig, load_config
@@ -36,12 +36,13 @@ from trainer.paths import FINAL_METHOD_FILE, shipped_path
 from trainer.perf.flops import ANALYTIC_METHODS
 from trainer.perf.plan import Workload, startup_notice
 from trainer.perf.shapes import T5Shape
-from trainer.runtime import checkpoint, distributed, resume
+from trainer.runtime import checkpoint, distributed, resume, storage
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
-from trainer.runtime.guard import EXIT_BAD_INPUT, StepGuard
+from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_STORAGE, StepGuard
 from trainer.runtime.hardware import hardware
+from trainer.runtime.storage import StorageError
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
 from trainer.state import TrainState
 
@@ -70,8 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         distributed.destroy()  # a no-op before init; after it, a clean exit for gloo's threads
         return EXIT_BAD_INPUT
+    try:
+        return train_and_save(run)
+    except StorageError as e:  # raised on every rank at the same point (trainer/runtime/storage.py)
+        if dist.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        run.monitor.close()
+        distributed.destroy()
+        return EXIT_STORAGE
+
+
+def train_and_save(run: Run) -> int:
+    """Write the run files, train, evaluate the test set if any, write the final state; the exit code."""
+    dist, out = run.dist, Path(run.cfg.output_dir)
+    storage.written_by_main(dist, "the run files (config.yaml, run_info.json, tokenizer/)", out,
+                            lambda: "the run stopped before its first step",
+                            lambda: write_run_files(run.cfg, run.ds_config, dist, run.model.backbone, run.tokenizer))
     if dist.is_main:
-        write_run_files(run.cfg, run.ds_config, dist, run.model.backbone, run.tokenizer)
         report_setup(run)
         if notice := placement_notice(run):  # a faster placement of the backbone fits
             print(notice)
@@ -84,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         distributed.save_backbone(run.update.engine, run.cfg.output_dir)
     if run.data.test is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
         result = evaluate(run, test=True)
+    storage.written_by_main(dist, f"the final state ({FINAL_METHOD_FILE}, adapter/)", out,
+                            lambda: f"training finished and checkpoint step-{run.state.step:06d} holds the trained state",
+                            lambda: save_method(run))
     if dist.is_main:
-        save_method(run)
         print_result(result)
     run.monitor.close(plots=run.cfg.monitor.plots)
     distributed.barrier()
@@ -209,8 +227,9 @@ def placement_notice(run: Run) -> str | None:
 def save_method(run: Run) -> None:
     """The method's final state beside the run (method_final.safetensors), and adapter/ for a prompt bank."""
     out, method = Path(run.cfg.output_dir), run.model.method
-    save_file({name: t.detach().cpu().contiguous() for name, t in method.state_dict().items()},
-              str(out / FINAL_METHOD_FILE))
+    # Serialised in memory and written by Python: a full disk is an OSError (trainer/runtime/storage.py).
+    (out / FINAL_METHOD_FILE).write_bytes(save_safetensors(
+        {name: t.detach().cpu().contiguous() for name, t in method.state_dict().items()}))
     if get_method(run.cfg.prompt.method).prompt_bank:
         save_adapter(out / "adapter", method, adapter_meta(run.cfg, run.model.config), run.tokenizer)
 
