@@ -28,7 +28,7 @@ from trainer.inference.adapter import adapter_meta, save_adapter
 from trainer.loop import Run, train_guarded
 from trainer.methods.prompted import PromptedT5
 from trainer.methods.registry import InitContext, MethodSpec, build_method, get_method
-from trainer.monitor.monitor import CollapseDetector, Monitor
+from trainer.monitor.monitor import CollapseDetector, Monitor, StragglerDetector
 from trainer.monitor.provenance import write_run_files
 from trainer.monitor.report import describe, print_result
 from trainer.optim import build_optimizer, build_scheduler
@@ -42,8 +42,10 @@ from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
 from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_STORAGE, StepGuard
 from trainer.runtime.hardware import hardware
+from trainer.runtime.steptime import StepClock
 from trainer.runtime.storage import StorageError
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
+from trainer.runtime.watchdog import Watchdog, resolve_timeout
 from trainer.state import TrainState
 
 @dataclass
@@ -143,9 +145,12 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     names = task_names(cfg.data)
     state = TrainState(method, update.optimizer, update.scheduler, guard,
                        build_order(cfg.data, data.train, len(names), layout.global_batch, cfg.seed), layout)
+    timeout, grace = resolve_timeout(cfg.hang_timeout_s, cfg.collective_timeout_s)
     return Run(cfg=cfg, dist=dist, ds_config=ds_config, model=PromptedT5(backbone, method), update=update,
                state=state, data=data, tokenizer=tokenizer, task_names=names,
-               monitor=Monitor(cfg.output_dir, dist.is_main), collapse=build_collapse_detector(cfg, method))
+               monitor=Monitor(cfg.output_dir, dist.is_main), clock=StepClock(dist.device),
+               watchdog=Watchdog(cfg.output_dir, dist.rank, dist.hosts, dist.pids, timeout, grace),
+               collapse=build_collapse_detector(cfg, method), stragglers=build_straggler_detector(cfg, dist))
 
 
 def build_model(cfg: RunConfig, vocab_size: int, ds_config: dict) -> tuple[MethodSpec, nn.Module, nn.Module]:
@@ -195,6 +200,14 @@ def build_collapse_detector(cfg: RunConfig, method: nn.Module) -> CollapseDetect
     router, m = getattr(method, "router", None), cfg.monitor
     watched = router is not None and router.proj is not None and m.collapse_entropy > 0
     return CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None
+
+
+def build_straggler_detector(cfg: RunConfig, dist: distributed.Dist) -> StragglerDetector | None:
+    """A detector for runs of several ranks, unless monitor.straggler_factor is 0."""
+    m = cfg.monitor
+    if dist.world_size < 2 or not m.straggler_factor:
+        return None
+    return StragglerDetector(m.straggler_factor, m.straggler_patience, dist.world_size)
 
 
 # --- what rank 0 reports and writes ---------------------------------------------------------------------

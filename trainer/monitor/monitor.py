@@ -1,4 +1,5 @@
-"""What a run reports: metrics.jsonl, TensorBoard scalars, routing-balance summaries and pictures.
+"""What a run reports: metrics.jsonl, TensorBoard scalars, routing-balance summaries, the collapse and
+straggler detectors, and pictures.
 
 Only rank 0 writes; the loop calls `log` on every rank and the monitor decides, so no rank checks are
 scattered through the loop.
@@ -9,6 +10,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import sys
 from pathlib import Path
 
@@ -66,6 +68,33 @@ class CollapseDetector:
         return True
 
 
+class StragglerDetector:
+    """Names a rank that stays slow: its step time above `factor` x the median of the other ranks' for
+    `patience` train log events in a row. Every rank feeds it the same all-gathered times, so every rank
+    declares the same rank at the same step without a collective of its own.
+
+    Args:
+        factor: how many times the others' median a rank's time must exceed to count as slow (> 1).
+        patience: slow log events in a row that declare the rank a straggler; declared once per slow spell.
+        world: the number of ranks.
+    """
+
+    def __init__(self, factor: float, patience: int, world: int):
+        self.factor, self.patience = factor, patience
+        self.streaks = [0] * world
+
+    def update(self, times: list[float]) -> list[tuple[int, float, float]]:
+        """(rank, its step time, the median of the others') for each rank declared at this event."""
+        declared = []
+        for rank, mine in enumerate(times):
+            others = statistics.median(times[:rank] + times[rank + 1:])
+            slow = others > 0 and mine > self.factor * others
+            self.streaks[rank] = self.streaks[rank] + 1 if slow else 0
+            if self.streaks[rank] == self.patience:
+                declared.append((rank, mine, others))
+        return declared
+
+
 class Monitor:
     """Appends one JSON object per event to `metrics.jsonl` and mirrors numbers to TensorBoard.
 
@@ -100,7 +129,7 @@ class Monitor:
             for key, value in event.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
                     self.writer.add_scalar(f"{kind}/{key}", value, step)
-                elif key.endswith("routing_fraction"):  # clean and noisy: one scalar per prompt
+                elif key.endswith("routing_fraction") or key == "step_time_s":  # one scalar per prompt or rank
                     for i, f in enumerate(value):
                         self.writer.add_scalar(f"{kind}/{key}/{i}", f, step)
                 elif key.endswith("routing_table"):
