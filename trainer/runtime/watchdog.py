@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.paths import REPO_ROOT
+from trainer.paths import PACKAGE_DIR, REPO_ROOT
 from trainer.runtime import distributed
 from trainer.runtime.guard import EXIT_HANG
 
@@ -183,8 +183,9 @@ def innermost_frame(thread: threading.Thread) -> str:
         path = Path(frame.f_code.co_filename)
         if innermost is None:
             innermost = frame
-        if path.is_relative_to(REPO_ROOT) and "site-packages" not in path.parts:
-            return f"{path.relative_to(REPO_ROOT)}:{frame.f_lineno} in {frame.f_code.co_name}"
+        # The package itself wherever it is installed; the rest of a checkout, but not a virtual environment in it.
+        if path.is_relative_to(PACKAGE_DIR) or (path.is_relative_to(REPO_ROOT) and "site-packages" not in path.parts):
+            return f"{path.relative_to(PACKAGE_DIR.parent)}:{frame.f_lineno} in {frame.f_code.co_name}"
         frame = frame.f_back
     if innermost is None:
         return "an unknown place"
