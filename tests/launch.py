@@ -70,11 +70,21 @@ def command(nproc: int, launcher: str) -> list[str]:
     raise ValueError(launcher)
 
 
+def injected(cmd: list[str], fault: str | None) -> list[str]:
+    """`cmd` (a python or torchrun command ending in trainer/main.py) starting the trainer through
+    tests/probes/inject.py with `fault` instead; unchanged when `fault` is None."""
+    if fault is None:
+        return cmd
+    assert cmd[-1] == MAIN, cmd
+    return cmd[:-1] + ["-m", "tests.probes.inject", fault]
+
+
 def run_trainer(output_dir, *overrides: str, nproc: int = 1, launcher: str | None = None, timeout: int = 300,
-                check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run trainer/main.py with the TINY overrides, then `overrides`, writing to `output_dir`."""
+                check: bool = True, env: dict | None = None, inject: str | None = None) -> subprocess.CompletedProcess:
+    """Run trainer/main.py with the TINY overrides, then `overrides`, writing to `output_dir`; `inject`: a fault
+    of tests/probes/inject.py to start it with."""
     launcher = launcher or ("python" if nproc == 1 else "torchrun")
-    cmd = command(nproc, launcher) + TINY + [f"output_dir={output_dir}", *overrides]
+    cmd = injected(command(nproc, launcher), inject) + TINY + [f"output_dir={output_dir}", *overrides]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -88,10 +98,11 @@ def events(output_dir, kind: str | None = None) -> list[dict]:
     return [e for e in found if kind is None or e.get("event") == kind]
 
 
-def start_trainer(output_dir, *overrides: str, nproc: int = 1, env: dict | None = None) -> subprocess.Popen:
+def start_trainer(output_dir, *overrides: str, nproc: int = 1, env: dict | None = None,
+                  inject: str | None = None) -> subprocess.Popen:
     """Like run_trainer, but returns at once with the running process (to signal or kill it)."""
     launcher = "python" if nproc == 1 else "torchrun"
-    cmd = command(nproc, launcher) + TINY + [f"output_dir={output_dir}", *overrides]
+    cmd = injected(command(nproc, launcher), inject) + TINY + [f"output_dir={output_dir}", *overrides]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -34,6 +34,9 @@ def test_overrides_are_typed():
     ("data.max_source_length=5", "data.max_source_length=5"),
     ("train.micro_batch_size=0", "train.micro_batch_size=0"),
     ("prompt.init=text", "prompt.init_text: required"),
+    ("hang_timeout_s=1800", r"hang_timeout_s=1800.0: must lie in \[0, collective_timeout_s=1800.0\)"),
+    ("monitor.straggler_factor=1", "monitor.straggler_factor=1.0: must exceed 1"),
+    ("monitor.straggler_patience=0", "monitor.straggler_patience=0: must be at least 1"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     routing = ["prompt.routing=topk"] if "top_k" in override else []

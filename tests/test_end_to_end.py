@@ -40,7 +40,7 @@ def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
     assert {p["prediction"] for p in predictions} <= {"entailment", "not_entailment"}
     assert "eval at step 4: rte/accuracy" in proc.stdout and "routing: fractions" in proc.stdout
     # Rank 0 drew the pictures at the end: real PNGs of the run, and the same figures in TensorBoard.
-    names = ["loss_lr", "routing", "routing_tables", "eval"]
+    names = ["loss_lr", "routing", "routing_tables", "eval", "step_times"]
     assert f"pictures: {tmp_path / 'plots'}/ (" in proc.stdout
     for name in names:
         image = plt_image.imread(tmp_path / "plots" / f"{name}.png")
@@ -48,7 +48,8 @@ def test_deepspeed_launcher_two_ranks_writes_the_run_files(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert sorted(acc.Tags()["images"]) == sorted(f"plots/{name}" for name in names)
     assert {"train/routing_entropy", "train/noisy_routing_entropy", "train/routing_fraction/0",
-            "train/noisy_routing_fraction/0"} <= set(acc.Tags()["scalars"])
+            "train/noisy_routing_fraction/0", "train/step_time_s/0", "train/step_time_s/1"} <= set(acc.Tags()["scalars"])
+    assert all(len(e["step_time_s"]) == 2 and min(e["step_time_s"]) > 0 for e in train)  # each rank's own time
 
 
 def test_logged_routing_counts_are_the_sum_of_every_rank(tmp_path):

@@ -6,7 +6,8 @@ on one machine"). The module fixture always runs `tools/cluster/local_slurm.sh s
 the cluster is left. What crosses nodes here and nowhere else in the suite: MASTER_ADDR taken from the first
 node of the allocation and reached over the bridge, Slurm's node-local ranks (2 tasks per node), one
 launcher per node, a signal that reaches only the first node's batch shell, a node that dies while the
-other lives, and output written from two hosts into one directory.
+other lives, a rank stopped on the second node and reported by the others, and output written from two hosts
+into one directory.
 
 Every training run is 4 ranks (2 per node) of the tiny preset with the same explicit overrides and a global batch of
 16, compared with one reference: a single process with 4 micro batches of accumulation.
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from tests.tools.test_local_slurm import SCRIPT, TIMINGS, job_info, local_cluste
 from tests.runtime.test_resume import losses, max_param_diff
 from tests.test_slurm_templates import FINAL, wait_final
 from trainer.runtime.distributed import free_port
+from trainer.runtime.guard import EXIT_HANG
 
 pytestmark = pytest.mark.cluster
 
@@ -242,3 +245,48 @@ def test_sweep_job_across_two_nodes_survives_a_killed_node(nodes, reference):
     resumed = [e["step"] for e in events(out, "resume")]
     assert len(resumed) == 1 and resumed[0] % 4 == 0 and 4 <= resumed[0] <= killed_at, resumed
     same_run(out, reference)
+
+
+def rank_pid(job_id: str, rank: int) -> int:
+    """The trainer process of `rank` in Slurm job `job_id` (read from /proc: the nodes share this machine's
+    process table; each rank's environment has its RANK and the job's id)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            env = set((proc / "environ").read_bytes().split(b"\0"))
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"trainer/main.py" in cmdline and {f"RANK={rank}".encode(), f"SLURM_JOB_ID={job_id}".encode()} <= env:
+            return int(proc.name)
+    raise AssertionError(f"no trainer process of rank {rank} in job {job_id}")
+
+
+def test_a_rank_stopped_on_the_second_node_is_reported_by_the_others(nodes):
+    """`sbatch --nodes=2 slurm/smop_t5xl.sh` with rank 3 (node2) stopped by SIGSTOP mid-run: after hang_timeout_s
+    the three live ranks write their stacks to output_dir/hang/, rank 0 prints where each of the four is (rank 3:
+    no report), exits 7 and srun ends the job, long before the 60 s collective timeout."""
+    log = nodes / "hang.log"
+    job_id = sbatch("smop_t5xl.sh", {"RUN_NAME": "hang", "OUTPUT_ROOT": str(nodes),
+                                     "OVERRIDES": " ".join(COMMON + ["train.max_steps=100000", "hang_timeout_s=8"])},
+                    f"--output={log}")
+    out = nodes / f"hang-{job_id}"
+    wait_for_step(out, 2, job_id, log)
+    os.kill(rank_pid(job_id, 3), signal.SIGSTOP)
+    t_stop = time.monotonic()
+    info = wait_final(job_id, log, timeout=120)
+    ended_after = time.monotonic() - t_stop
+    TIMINGS["2 nodes: rank 3 stopped -> reported, job ended"] = ended_after
+    text = log.read_text()
+    # srun ends the step when rank 0 exits 7 and kills the stopped rank: the job's code is that kill's (137).
+    assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", f"{info}\n{text[-4000:]}"
+    assert f"task 0: Exited with exit code {EXIT_HANG}" in text, text[-4000:]
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("error: the run hung"))
+    assert "hang_timeout_s=8" in lines[first], lines[first]
+    ranks = lines[first + 1:first + 5]
+    for rank, host in enumerate(HOSTS[:3]):
+        assert ranks[rank].startswith(f"  rank {rank} ({host}, pid ") and " at " in ranks[rank], ranks
+    assert ranks[3].startswith("  rank 3 (node2, pid ") and "no report: stopped" in ranks[3], ranks
+    assert {f"rank-{r}.txt" for r in range(3)} <= {p.name for p in (out / "hang").iterdir()}
+    assert "Stack of every thread" in (out / "hang" / "rank-2.txt").read_text()
+    assert ended_after < 60, f"the job took {ended_after:.0f} s to end; the collective timeout is 60 s"

@@ -231,6 +231,12 @@ class MonitorConfig:
     """Stop the run when collapse is declared: checkpoint saved, exit code 5."""
     plots: bool = True
     """Rank 0 draws the run's pictures (output_dir/plots/*.png, and TensorBoard images) at the end."""
+    straggler_factor: float = 1.5
+    """A rank counts as slow at a train log event while its own step time (the step less its waits in
+    collectives) exceeds this many times the median of the other ranks'; 0 turns the detector off."""
+    straggler_patience: int = 3
+    """Train log events in a row a rank stays slow before rank 0 names it (rank and host) and logs a
+    straggler event."""
 
 
 class EvalMode(str, enum.Enum):
@@ -268,6 +274,12 @@ class CheckpointConfig:
     config changed; or a checkpoint name (step-000200) or directory to continue from."""
     stop_at: int = 0
     """Stop after this step as if pre-empted (checkpoint, exit code 3): splits a run into jobs; 0: never."""
+    at_first_step: bool = False
+    """Also checkpoint after step 1: a wrong, read-only or nearly full output_dir fails in the first minute
+    (exit code 6) instead of at the first periodic checkpoint."""
+    fallback: bool = True
+    """Resuming when the newest checkpoint is damaged (size or SHA-256 differs from meta.json, or no
+    meta.json): true falls back to the one before, saying so; false makes it an error (exit code 2)."""
 
 
 @dataclass
@@ -284,6 +296,10 @@ class RunConfig:
     """Allow an output_dir that holds a run with a different config; it then starts fresh (see checkpoint.resume)."""
     collective_timeout_s: float = 1800.0
     """Seconds a collective may wait for the other ranks before the job fails (a dead rank never hangs it)."""
+    hang_timeout_s: float = 0.0
+    """Seconds without a finished training step (evaluation aside), or inside one collective, after which
+    every rank writes its stack and last collective to output_dir/hang/, the lowest such rank prints where
+    each rank is, and the run ends with exit code 7; 0: 0.8 x collective_timeout_s. Below collective_timeout_s."""
     interconnect_gbps: float = 100.0
     """Inter-node bandwidth of one node in Gbit/s, for the start-up placement check (smop-plan,
     trainer/perf/plan.py; T5 backbones only)."""
@@ -327,6 +343,7 @@ def validate(cfg: RunConfig) -> None:
                 "eval.batch_size": cfg.eval.batch_size, "eval.max_new_tokens": cfg.eval.max_new_tokens,
                 "checkpoint.keep": cfg.checkpoint.keep, "train.max_nonfinite": t.max_nonfinite,
                 "monitor.collapse_patience": cfg.monitor.collapse_patience,
+                "monitor.straggler_patience": cfg.monitor.straggler_patience,
                 "prompt.router_center_examples": p.router_center_examples}
     for key, value in positive.items():
         if value < 1:
@@ -362,6 +379,12 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"monitor.collapse_entropy={cfg.monitor.collapse_entropy}: must lie in [0, 1)")
     if not cfg.collective_timeout_s > 0:
         raise ValueError(f"collective_timeout_s={cfg.collective_timeout_s}: must be positive")
+    if not 0 <= cfg.hang_timeout_s < cfg.collective_timeout_s:
+        raise ValueError(f"hang_timeout_s={cfg.hang_timeout_s}: must lie in [0, collective_timeout_s="
+                         f"{cfg.collective_timeout_s}) so that the stacks are written before the timeout ends "
+                         "the job (0: 0.8 x collective_timeout_s)")
+    if cfg.monitor.straggler_factor != 0 and not cfg.monitor.straggler_factor > 1:
+        raise ValueError(f"monitor.straggler_factor={cfg.monitor.straggler_factor}: must exceed 1 (0: off)")
     if not cfg.checkpoint.resume.strip():
         raise ValueError("checkpoint.resume: empty; use auto, fresh, latest or a checkpoint name")
     for key, value in {"checkpoint.every": cfg.checkpoint.every, "checkpoint.stop_at": cfg.checkpoint.stop_at,

@@ -27,7 +27,7 @@ from trainer.data.batch import Encoded, collate, eval_shards
 from trainer.data.metrics import idx_key, score, superglue_average
 from trainer.data.tasks import Task, get_task
 from trainer.monitor.monitor import routing_summary
-from trainer.runtime import distributed
+from trainer.runtime import checkpoint, distributed, storage
 from trainer.runtime.eval_gather import maybe_whole_backbone
 from trainer.runtime.hardware import local_ranks
 
@@ -72,7 +72,7 @@ def _evaluate(run, test: bool) -> dict:
     counts = distributed.all_reduce_sum(counts.to(d.device)).cpu()
     event = {"event": "test" if test else "eval", "split": "test" if test else run.data.eval_name,
              "step": run.state.step, "num_examples": len(predicted)}
-    results = {}
+    results, files = {}, []
     for t, name in enumerate(run.task_names):
         rows = sorted((i, text, prompt) for i, text, prompt in predicted if data.task_ids[i] == t)
         if not rows:
@@ -81,7 +81,12 @@ def _evaluate(run, test: bool) -> dict:
         predictions = {idx_key(data.examples[i].idx): text for i, text, _ in rows}
         results[name] = score(get_task(name), examples, predictions)
         event.update({f"{name}/{key}": value for key, value in results[name].items()})
-        write_predictions(run, data, name, rows, "test-" if test else "")
+        files.append((name, rows))
+    # Rank 0 writes; every rank learns at once if the storage refused (trainer/runtime/storage.py).
+    storage.written_by_main(
+        d, f"the predictions of step {run.state.step}", Path(run.cfg.output_dir),
+        lambda: f"the run stopped at step {run.state.step}; {checkpoint.resume_point(checkpoint.checkpoints_dir(run.cfg))}",
+        lambda: [write_predictions(run, data, name, rows, "test-" if test else "") for name, rows in files])
     if len(results) > 1:
         event["average"] = superglue_average(results)
     event.update(routing_summary(counts, run.task_names))

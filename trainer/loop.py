@@ -12,11 +12,14 @@ from trainer.config import RunConfig
 from trainer.data.batch import EncodedSplits, collate
 from trainer.evaluation import evaluate
 from trainer.models.prompted import PromptedModel
-from trainer.monitor.monitor import CollapseDetector, Monitor, peak_memory_mb, routing_summary
+from trainer.monitor.monitor import CollapseDetector, Monitor, StragglerDetector, peak_memory_mb, routing_summary
 from trainer.runtime import checkpoint, distributed
 from trainer.runtime.distributed import Dist
-from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, EXIT_STORAGE, NonFiniteLoss
+from trainer.runtime.steptime import StepClock
+from trainer.runtime.storage import StorageError
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
+from trainer.runtime.watchdog import Watchdog
 from trainer.state import TrainState
 
 
@@ -39,8 +42,16 @@ class Run:
     tokenizer: object
     task_names: list[str]
     monitor: Monitor
+    clock: StepClock
+    """This rank's own time per step (its waits in collectives left out), all-gathered at log steps."""
+    watchdog: Watchdog
+    """Ends a hung run with every rank's stack and last collective written down (runs while training)."""
     collapse: CollapseDetector | None = None
     """Watches the clean routing of routed methods (None: nothing routed to watch)."""
+    stragglers: StragglerDetector | None = None
+    """Watches every rank's step time (None: one rank, or monitor.straggler_factor=0)."""
+    first_step: int = 1
+    """The first step this job trains (after a resume: the checkpoint's step + 1), for checkpoint.at_first_step."""
     collapsed: bool = False
     """Set on every rank at the same step when collapse is declared and monitor.stop_on_collapse is on."""
     stats: dict = field(default_factory=dict)
@@ -53,30 +64,47 @@ def train(run: Run) -> dict:
     reset_stats(run)
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not run.dist.is_main, desc="train", unit="step")
     started, last_eval = time.time(), {}
+    run.first_step = run.state.step + 1
     while run.state.step < cfg.max_steps:
+        run.clock.begin()
         train_step(run)
+        run.clock.end()
         run.state.step += 1
+        run.watchdog.beat(run.state.step)
         bar.update(1)
         poll_guard(run)
         maybe_log(run, bar, started)
         maybe_check_replicas(run)
         if cfg.eval_every and run.state.step % cfg.eval_every == 0 and run.state.step < cfg.max_steps:
-            last_eval = evaluate(run)
+            with run.watchdog.paused():  # no steps while evaluating; a stuck collective still counts
+                last_eval = evaluate(run)
         if maybe_save(run):
             break
     bar.close()
-    return evaluate(run) if run.state.step == cfg.max_steps else last_eval
+    if run.state.step < cfg.max_steps:
+        return last_eval
+    with run.watchdog.paused():
+        return evaluate(run)
 
 
 def train_guarded(run: Run) -> tuple[int | None, dict]:
-    """Train with the stop signals caught: (exit code if it stopped early, else None; the last eval)."""
+    """Train with the stop signals caught and the watchdog running: (exit code if it stopped early, else None;
+    the last eval)."""
     run.state.guard.install()
+    distributed.time_collectives(run.clock)
+    run.watchdog.start(run.state.step)
     try:
         result = train(run)
     except NonFiniteLoss as e:
         print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
         return _close(run, EXIT_NONFINITE), {}
+    except StorageError as e:  # raised on every rank at the same step; one line says it all
+        if run.dist.is_main:
+            print(f"\nerror: {e}", file=sys.stderr)
+        return _close(run, EXIT_STORAGE, plots=False), {}
     finally:
+        run.watchdog.stop()
+        distributed.time_collectives(None)
         run.state.guard.uninstall()
     if run.collapsed:
         print(f"rank {run.dist.rank}: stopped after step {run.state.step}: routing collapsed (monitor.stop_on_collapse); "
@@ -92,8 +120,8 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
     return None, result
 
 
-def _close(run: Run, code: int) -> int:
-    run.monitor.close(plots=run.cfg.monitor.plots)  # pictures of the run so far
+def _close(run: Run, code: int, plots: bool = True) -> int:
+    run.monitor.close(plots=plots and run.cfg.monitor.plots)  # pictures of the run so far
     distributed.destroy()
     return code
 
@@ -145,16 +173,21 @@ def log_due(run: Run) -> bool:
 
 
 def periodic_save_due(run: Run) -> bool:
+    """checkpoint.every, and the storage probe of checkpoint.at_first_step after this job's first step."""
     every = run.cfg.checkpoint.every
-    return bool(every) and run.state.step % every == 0
+    probe = run.cfg.checkpoint.at_first_step and run.state.step == run.first_step
+    return (bool(every) and run.state.step % every == 0) or probe
 
 
 def maybe_save(run: Run) -> bool:
-    """Checkpoint every checkpoint.every steps (not inside a non-finite streak), at the end, and when
-    stopping; True: stop now."""
+    """Checkpoint every checkpoint.every steps and after the first step with checkpoint.at_first_step (not
+    inside a non-finite streak), at the end, and when stopping; True: stop now. A save that cannot be written
+    raises StorageError on every rank."""
     end, stop = run.state.step == run.cfg.train.max_steps, run.state.guard.stop_requested or run.collapsed
     if (periodic_save_due(run) and not run.state.guard.streak) or end or stop:
-        reason = "collapse" if run.collapsed else "signal" if stop else "end" if end else "periodic"
+        first = run.state.step == run.first_step and run.cfg.checkpoint.at_first_step
+        reason = ("collapse" if run.collapsed else "signal" if stop else "end" if end else
+                  "first_step" if first else "periodic")
         checkpoint.save(run.state, run.dist, checkpoint.checkpoints_dir(run.cfg), run.cfg.checkpoint.keep, reason)
     return stop
 
@@ -167,25 +200,48 @@ def reset_stats(run: Run) -> None:
 
 
 def maybe_log(run: Run, bar, started: float) -> None:
-    """Every train.log_every steps: all-reduce loss and routing counts (every rank's examples count), log.
+    """Every train.log_every steps: all-reduce loss and routing counts (every rank's examples count),
+    all-gather every rank's step time, log.
 
     routing_* is the clean routing (the logits without training noise: what evaluation and prediction do);
-    noisy_routing_* is what the training forward used. The progress bar's balance is the clean one."""
+    noisy_routing_* is what the training forward used. The progress bar's balance is the clean one.
+    step_time_s: each rank's own seconds per step since the last log event (trainer/runtime/steptime.py)."""
     if not log_due(run):
         return
     s = run.stats
     totals = distributed.all_reduce_sum(torch.stack([s["loss_sum"], s["tokens"].float()]))
     counts = distributed.all_reduce_sum(torch.stack([s["clean_counts"], s["counts"]])).cpu()
     loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")  # every step skipped
+    # The only collective of the straggler watch, and only here: steps between log events stay free of it.
+    step_times = distributed.all_gather_floats(run.clock.take() or 0.0, run.dist.device)
     event = {"event": "train", "step": run.state.step, "loss": loss, "lr": s["lr"],
              "elapsed_s": round(time.time() - started, 2), "peak_memory_mb": round(peak_memory_mb(run.dist.device), 1),
-             **routing_summary(counts[0], run.task_names)}
+             "step_time_s": [round(t, 4) for t in step_times], **routing_summary(counts[0], run.task_names)}
     if counts.shape[-1] > 1:
         event.update(routing_summary(counts[1], run.task_names, prefix="noisy_routing_"))
     run.monitor.log(event)
     bar.set_postfix(loss=f"{loss:.4f}", balance=f"{event['routing_entropy']:.2f}")
     reset_stats(run)
     watch_collapse(run, event)
+    watch_stragglers(run, event)
+
+
+def watch_stragglers(run: Run, event: dict) -> None:
+    """Name (rank 0) and log a rank whose step time stays monitor.straggler_factor x above the others'
+    median for monitor.straggler_patience log events (every rank sees the same all-gathered times)."""
+    if run.stragglers is None:
+        return
+    m = run.cfg.monitor
+    for rank, mine, others in run.stragglers.update(event["step_time_s"]):
+        host = run.dist.hosts[rank] if rank < len(run.dist.hosts) else "?"
+        run.monitor.log({"event": "straggler", "step": run.state.step, "rank": rank, "host": host,
+                         "step_time_s": mine, "others_median_s": others, "ratio": round(mine / others, 2),
+                         "factor": m.straggler_factor, "patience": m.straggler_patience})
+        if run.dist.is_main:
+            tqdm.write(f"warning: step {run.state.step}: rank {rank} on {host} is a straggler: {mine:.3f} s per step, "
+                       f"{mine / others:.1f}x the other ranks' median {others:.3f} s, for {m.straggler_patience} log "
+                       f"events in a row (monitor.straggler_factor={m.straggler_factor:g}); every step waits for it: "
+                       "check that node's GPU, CPU load and links (plots/step_times.png)")
 
 
 def watch_collapse(run: Run, event: dict) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from trainer.config import RunConfig, load_config
@@ -30,7 +30,7 @@ from trainer.loop import Run, train_guarded
 from trainer.methods.registry import InitContext, MethodSpec, build_method, get_method
 from trainer.models.family import Family, family_of, implementation
 from trainer.models.prompted import PromptedModel
-from trainer.monitor.monitor import CollapseDetector, Monitor
+from trainer.monitor.monitor import CollapseDetector, Monitor, StragglerDetector
 from trainer.monitor.provenance import write_run_files
 from trainer.monitor.report import describe, print_result
 from trainer.optim import build_optimizer, build_scheduler
@@ -38,14 +38,17 @@ from trainer.paths import FINAL_METHOD_FILE, shipped_path
 from trainer.perf.flops import ANALYTIC_METHODS
 from trainer.perf.plan import Workload, startup_notice
 from trainer.perf.shapes import T5Shape
-from trainer.runtime import checkpoint, distributed, resume
 from trainer.models.build import backbone_config, check_fit, resolve_family
+from trainer.runtime import checkpoint, distributed, resume, storage
 from trainer.runtime.backbone import build_backbone
 from trainer.runtime.compile import compile_blocks
 from trainer.runtime.ds_config import load_ds_config, merge_batch, param_dtype, resolve_batch
-from trainer.runtime.guard import EXIT_BAD_INPUT, StepGuard
+from trainer.runtime.guard import EXIT_BAD_INPUT, EXIT_STORAGE, StepGuard
 from trainer.runtime.hardware import hardware
+from trainer.runtime.steptime import StepClock
+from trainer.runtime.storage import StorageError
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
+from trainer.runtime.watchdog import Watchdog, resolve_timeout
 from trainer.state import TrainState
 
 @dataclass
@@ -77,8 +80,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         distributed.destroy()  # a no-op before init; after it, a clean exit for gloo's threads
         return EXIT_BAD_INPUT
+    try:
+        return train_and_save(run)
+    except StorageError as e:  # raised on every rank at the same point (trainer/runtime/storage.py)
+        if dist.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        run.monitor.close()
+        distributed.destroy()
+        return EXIT_STORAGE
+
+
+def train_and_save(run: Run) -> int:
+    """Write the run files, train, evaluate the test set if any, write the final state; the exit code."""
+    dist, out = run.dist, Path(run.cfg.output_dir)
+    storage.written_by_main(dist, "the run files (config.yaml, run_info.json, tokenizer/)", out,
+                            lambda: "the run stopped before its first step",
+                            lambda: write_run_files(run.cfg, run.ds_config, dist, run.model.backbone, run.tokenizer))
     if dist.is_main:
-        write_run_files(run.cfg, run.ds_config, dist, run.model.backbone, run.tokenizer)
         report_setup(run)
         if notice := placement_notice(run):  # a faster placement of the backbone fits
             print(notice)
@@ -91,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         distributed.save_backbone(run.update.engine, run.cfg.output_dir)
     if run.data.test is not None:  # data.splits=paper: the held-out test set, once, with the final parameters
         result = evaluate(run, test=True)
+    storage.written_by_main(dist, f"the final state ({FINAL_METHOD_FILE}, adapter/)", out,
+                            lambda: f"training finished and checkpoint step-{run.state.step:06d} holds the trained state",
+                            lambda: save_method(run))
     if dist.is_main:
-        save_method(run)
         print_result(result)
     run.monitor.close(plots=run.cfg.monitor.plots)
     distributed.barrier()
@@ -137,9 +157,12 @@ def build_run(inputs: Inputs, dist: distributed.Dist) -> Run:
     names = task_names(cfg.data)
     state = TrainState(method, update.optimizer, update.scheduler, guard,
                        build_order(cfg.data, data.train, len(names), layout.global_batch, cfg.seed), layout)
+    timeout, grace = resolve_timeout(cfg.hang_timeout_s, cfg.collective_timeout_s)
     return Run(cfg=cfg, dist=dist, ds_config=ds_config, model=PromptedModel(backbone, method, family), update=update,
                state=state, data=data, tokenizer=tokenizer, task_names=names,
-               monitor=Monitor(cfg.output_dir, dist.is_main), collapse=build_collapse_detector(cfg, method))
+               monitor=Monitor(cfg.output_dir, dist.is_main), clock=StepClock(dist.device),
+               watchdog=Watchdog(cfg.output_dir, dist.rank, dist.hosts, dist.pids, timeout, grace),
+               collapse=build_collapse_detector(cfg, method), stragglers=build_straggler_detector(cfg, dist))
 
 
 def build_model(cfg: RunConfig, config, family: ModuleType, ds_config: dict) -> tuple[MethodSpec, nn.Module, nn.Module]:
@@ -192,6 +215,14 @@ def build_collapse_detector(cfg: RunConfig, method: nn.Module) -> CollapseDetect
     return CollapseDetector(m.collapse_entropy, m.collapse_patience) if watched else None
 
 
+def build_straggler_detector(cfg: RunConfig, dist: distributed.Dist) -> StragglerDetector | None:
+    """A detector for runs of several ranks, unless monitor.straggler_factor is 0."""
+    m = cfg.monitor
+    if dist.world_size < 2 or not m.straggler_factor:
+        return None
+    return StragglerDetector(m.straggler_factor, m.straggler_patience, dist.world_size)
+
+
 # --- what rank 0 reports and writes ---------------------------------------------------------------------
 
 def report_setup(run: Run) -> None:
@@ -223,8 +254,9 @@ def placement_notice(run: Run) -> str | None:
 def save_method(run: Run) -> None:
     """The method's final state beside the run (method_final.safetensors), and adapter/ for a prompt bank."""
     out, method = Path(run.cfg.output_dir), run.model.method
-    save_file({name: t.detach().cpu().contiguous() for name, t in method.state_dict().items()},
-              str(out / FINAL_METHOD_FILE))
+    # Serialised in memory and written by Python: a full disk is an OSError (trainer/runtime/storage.py).
+    (out / FINAL_METHOD_FILE).write_bytes(save_safetensors(
+        {name: t.detach().cpu().contiguous() for name, t in method.state_dict().items()}))
     if get_method(run.cfg.prompt.method).prompt_bank:
         save_adapter(out / "adapter", method, adapter_meta(run.cfg, run.model.config), run.tokenizer)
 

@@ -187,3 +187,36 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
     assert not (run / "plots").exists()
+
+
+def timed_run(run_dir, world, slow=(), stragglers=()):
+    """Train events carrying each rank's step time (`slow` ranks 3x the others from step 30) and straggler events
+    naming `stragglers` at step 50."""
+    events = []
+    for step in range(10, 110, 10):
+        event = train_event(step, 4, False)
+        event["step_time_s"] = [0.1 + 0.01 * rank + (0.2 if rank in slow and step >= 30 else 0.0)
+                                for rank in range(world)]
+        events.append(event)
+    events += [{"event": "straggler", "step": 50, "rank": r, "host": f"node{r}", "step_time_s": 0.3,
+                "others_median_s": 0.1, "ratio": 3.0, "factor": 1.5, "patience": 3} for r in stragglers]
+    return write_metrics(run_dir, events)
+
+
+def test_step_times_figure_follows_each_ranks_time(tmp_path):
+    """Drawn from step_time_s; a slow rank moves its curve (a plot of nothing would not); runs whose events
+    carry no step times (older runs) draw no step_times.png."""
+    calm, slow = timed_run(tmp_path / "calm", 2), timed_run(tmp_path / "slow", 2, slow=(1,), stragglers=(1,))
+    assert [p.name for p in write_plots(slow)][-1] == "step_times.png"
+    write_plots(calm)
+    a, b = read_png(calm / "plots/step_times.png"), read_png(slow / "plots/step_times.png")
+    assert (a != b).any(axis=-1).mean() > 0.002
+    assert not (mixture_run(tmp_path / "old") / "plots/step_times.png").exists()
+
+
+def test_step_times_of_many_ranks_keep_every_named_straggler(tmp_path):
+    """Beyond 8 ranks: a band, the median and the named ranks; two ranks named at one step are both kept."""
+    run = timed_run(tmp_path / "run", 12, slow=(3, 7), stragglers=(3, 7))
+    assert [e["rank"] for e in read_events(run / "metrics.jsonl")["straggler"]] == [3, 7]
+    assert (run / "plots/step_times.png") in write_plots(run)
+    read_png(run / "plots/step_times.png")

@@ -163,3 +163,46 @@ def test_unreadable_latest_pointer_uses_newest_valid(copy):
     (copy / "checkpoints" / "latest").write_bytes(b"\xff\xfe")
     said, say = messages()
     assert find_latest(copy / "checkpoints", say).path.name == "step-000005" and "unreadable" in said[0]
+
+
+def test_a_folder_without_meta_json_is_never_resumed_from(copy):
+    """meta.json is written last, inside the temporary folder: a step-* folder without one is not a checkpoint,
+    whatever `latest` says, whether it is the newest, and whether it is asked for by name."""
+    root = copy / "checkpoints"
+    (root / "step-000005" / "meta.json").unlink()  # `latest` names it
+    said, say = messages()
+    assert find_latest(root, say).path.name == "step-000004" and "no meta.json" in said[0]
+    (root / "latest").unlink()  # no pointer either: the newest folder is skipped all the same
+    assert find_latest(root, lambda _: None).path.name == "step-000004"
+    cfg = load_config(None, [f"output_dir={copy}", "checkpoint.resume=step-000005"])
+    with pytest.raises(CheckpointError, match="step-000005: no meta.json"):
+        locate(cfg)
+    proc = run_trainer(copy, "train.max_steps=5", "checkpoint.every=2", "checkpoint.keep=2")  # the same command
+    assert [e["step"] for e in events(copy, "resume")] == [4] and "step-000004 at step 4" in proc.stdout
+    assert verify(root / "step-000005")["step"] == 5  # written again, whole
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no meta.json"])
+def test_fallback_off_makes_a_damaged_newest_checkpoint_an_error(copy, damage):
+    """checkpoint.fallback=false: resuming from the one before would silently lose steps; it is an error naming
+    the checkpoint, the cause and the way out, and nothing is resumed."""
+    root = copy / "checkpoints"
+    if damage == "truncated":
+        (root / "step-000005" / "state.pt").write_bytes(b"x")
+    else:
+        (root / "step-000005" / "meta.json").unlink()
+    cfg = load_config(None, [f"output_dir={copy}", "checkpoint.fallback=false"])
+    with pytest.raises(ValueError) as caught:
+        locate(cfg, say=lambda line: pytest.fail(f"said {line!r}: no fallback expected"))
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {root / 'step-000005'}") and "checkpoint.fallback=false forbids" in message
+    assert "(step-000004)" in message and "checkpoint.resume=fresh" in message and "\n" not in message
+    assert locate(load_config(None, [f"output_dir={copy}"]), lambda _: None).path.name == "step-000004"  # default
+
+
+def test_a_first_step_checkpoint_probes_the_storage(tmp_path):
+    """checkpoint.at_first_step: a checkpoint after this job's first step (reason first_step), then as usual."""
+    run_trainer(tmp_path, "train.max_steps=3", "checkpoint.every=0", "checkpoint.at_first_step=true")
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-000001", "step-000003"]
+    assert verify(root / "step-000001")["reason"] == "first_step" and verify(root / "step-000003")["reason"] == "end"

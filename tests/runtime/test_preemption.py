@@ -10,7 +10,7 @@ import pytest
 
 from tests.launch import events, run_trainer, start_trainer, wait_for_step, worker_pids
 from trainer.runtime.checkpoint import verify
-from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_HANG, EXIT_NONFINITE, EXIT_REQUEUE
 
 pytestmark = pytest.mark.multiprocess
 
@@ -77,34 +77,57 @@ def signal_rank_1(out, sig: signal.Signals, collective_timeout_s: int) -> tuple:
     return proc, time.time()
 
 
-def job_end(proc, signalled: float) -> tuple[int, float]:
-    """(exit code, seconds from the signal to the launcher's exit)."""
+def job_end(proc, signalled: float) -> tuple[int, float, str]:
+    """(exit code, seconds from the signal to the launcher's exit, stderr)."""
     try:
-        proc.communicate(timeout=150)
+        _, stderr = proc.communicate(timeout=150)
     finally:
         if proc.poll() is None:
             proc.kill()
-    return proc.returncode, time.time() - signalled
+    return proc.returncode, time.time() - signalled, stderr
 
 
 @pytest.fixture(scope="module")
 def dead_and_hung(tmp_path_factory) -> dict:
-    """{signal: job_end} for rank 1 killed (SIGKILL) and hung (SIGSTOP). The hung job mostly waits (the
-    collective timeout, then torchrun's 30 s grace before it SIGKILLs the stopped worker), so the killed
-    job runs during that wait rather than after it."""
+    """{signal: (job_end, output_dir)} for rank 1 killed (SIGKILL) and hung (SIGSTOP). The hung job mostly waits
+    (the watchdog's hang_timeout_s, then torchrun's 30 s grace before it SIGKILLs the stopped worker), so the
+    killed job runs during that wait rather than after it."""
+    hung_out, dead_out = tmp_path_factory.mktemp("hung"), tmp_path_factory.mktemp("dead")
     with ThreadPoolExecutor(1) as waiter:
-        hung = waiter.submit(job_end, *signal_rank_1(tmp_path_factory.mktemp("hung"), signal.SIGSTOP, 15))
-        dead = job_end(*signal_rank_1(tmp_path_factory.mktemp("dead"), signal.SIGKILL, 60))
-        return {signal.SIGKILL: dead, signal.SIGSTOP: hung.result()}
+        hung = waiter.submit(job_end, *signal_rank_1(hung_out, signal.SIGSTOP, 15))
+        dead = job_end(*signal_rank_1(dead_out, signal.SIGKILL, 60))
+        return {signal.SIGKILL: (dead, dead_out), signal.SIGSTOP: (hung.result(), hung_out)}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
 def test_dead_or_hung_rank_ends_the_job(dead_and_hung, sig):
     """kill -9: torchrun sees the death and the survivor's collective fails at once. SIGSTOP (a hung rank):
-    the survivor's collective times out after collective_timeout_s, then torchrun tears the rest down."""
-    returncode, elapsed = dead_and_hung[sig]
+    the survivor's watchdog ends it after hang_timeout_s (0.8 x collective_timeout_s), then torchrun tears the
+    rest down."""
+    (returncode, elapsed, _), _ = dead_and_hung[sig]
     print(f"\n{sig.name} to rank 1: job ended with exit {returncode} after {elapsed:.1f} s")
     assert returncode != 0 and elapsed <= 120
+
+
+def test_hung_rank_is_reported_before_the_collective_timeout(dead_and_hung):
+    """Rank 1 stopped by SIGSTOP cannot report; rank 0, waiting for it in a collective, writes its stack and last
+    collective to output_dir/hang/rank-0.txt at 12 s (of a 15 s collective timeout), prints one line per rank
+    and exits 7: no traceback from the collective's timeout."""
+    (_, _, stderr), out = dead_and_hung[signal.SIGSTOP]
+    assert f"exitcode  : {EXIT_HANG}" in stderr, stderr[-3000:]
+    lines = re.split(r"[\r\n]", stderr)
+    first = next(i for i, line in enumerate(lines) if line.startswith("error: the run hung"))
+    assert "hang_timeout_s=12" in lines[first] and f"exit code {EXIT_HANG}" in lines[first], lines[first]
+    rank0, rank1 = lines[first + 1:first + 3]
+    assert re.match(r"  rank 0 \(.+, pid \d+\): waiting in (all_reduce_sum|all_reduce_grads) for 1\d\.\d s, "
+                    r"during step \d+, at trainer/runtime/distributed.py:\d+ in (all_reduce_sum|all_reduce_grads)$",
+                    rank0), rank0
+    assert re.match(r"  rank 1 \(.+, pid \d+\): no report: stopped, dead or stuck outside Python", rank1), rank1
+    report = (out / "hang" / "rank-0.txt").read_text()
+    assert report.splitlines()[0] == rank0.strip() and "Stack of every thread" in report
+    assert 'trainer/loop.py", line' in report and "in train_step" in report  # the main thread's stack
+    assert sorted(p.name for p in (out / "hang").iterdir()) == ["rank-0.txt"]
+    assert "Timed out" not in stderr and 'trainer/main.py", line' not in stderr  # ended before the timeout
 
 
 def test_nonfinite_steps_skipped_then_stop_with_last_good_checkpoint_intact(tmp_path):

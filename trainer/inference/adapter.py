@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from trainer.config import PromptConfig
 from trainer.methods.registry import build_method, registered
@@ -76,8 +77,9 @@ def save_adapter(directory, smop: SMoP, meta: dict, tokenizer=None) -> Path:
     if not meta.get("tokenizer") and tokenizer is not None:
         tokenizer.save_pretrained(str(out / "tokenizer"))
         config["tokenizer"] = "tokenizer"  # relative to the adapter directory
-    # Weights first, config last: a directory with a config always has its weights.
-    save_file(tensors, str(out / WEIGHTS), metadata={"format": "smop-adapter"})
+    # Weights first, config last: a directory with a config always has its weights. Serialised in memory and
+    # written by Python, so a full disk is an OSError with its errno (trainer/runtime/storage.py).
+    (out / WEIGHTS).write_bytes(save_safetensors(tensors, metadata={"format": "smop-adapter"}))
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

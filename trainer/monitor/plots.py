@@ -4,7 +4,8 @@ Every figure is FIGSIZE at DPI (1000 x 500 pixels). Figures are built as bare `F
 by Agg on save, so neither pyplot's global backend nor its figure registry is touched and nothing stays
 alive after a call. A figure without data is not drawn, and a stale copy of it from an earlier call is
 removed: no loss_lr.png before the first logged step, no routing figures with a single prompt (k = 1:
-every example goes to prompt 0), no eval.png or routing_tables.png before the first evaluation.
+every example goes to prompt 0), no eval.png or routing_tables.png before the first evaluation, no
+step_times.png from runs that logged no step times.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from matplotlib.figure import Figure
 
 FIGSIZE, DPI = (10, 5), 100
 MAX_TABLES = 8  # routing_tables.png panels: the first, the last and evenly spaced evals between
+MAX_RANK_LINES = 8  # step_times.png: one line per rank up to this world size, a band beyond
 
 
 def read_events(path) -> dict[str, list[dict]]:
-    """{event kind: events sorted by step}, keeping the last line per (kind, step).
+    """{event kind: events sorted by step}, keeping the last line per (kind, step) (and rank, for events that
+    name one).
 
     metrics.jsonl is appended across resumes, so a step logged before an interruption may be logged
     again after it; the later line is the one the resumed run continued from. A line without "event"
@@ -38,9 +41,10 @@ def read_events(path) -> dict[str, list[dict]]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(event, dict) or not isinstance(event.get("step"), int):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object with an integer 'step'")
-            last[(event.get("event", "train"), event["step"])] = event
+            # "rank": several ranks may be named stragglers at one step
+            last[(event.get("event", "train"), event["step"], event.get("rank"))] = event
     kinds = {}
-    for (kind, step), event in sorted(last.items(), key=lambda item: item[0][1]):
+    for (kind, step, _), event in sorted(last.items(), key=lambda item: item[0][1]):
         kinds.setdefault(kind, []).append(event)
     return kinds
 
@@ -142,8 +146,41 @@ def plot_eval(evals, tests) -> Figure | None:
     return fig
 
 
+def plot_step_times(train, stragglers) -> Figure | None:
+    """Each rank's own seconds per step (its waits in collectives left out) against the step: one line per
+    rank up to MAX_RANK_LINES ranks; beyond, the median and the min-max band of all ranks, plus a line for
+    each rank named a straggler. Dotted lines mark straggler events."""
+    train = [e for e in train if e.get("step_time_s")]
+    if not train:
+        return None
+    world = max(len(e["step_time_s"]) for e in train)
+    train = [e for e in train if len(e["step_time_s"]) == world]  # a resume on another world size: the last
+    steps = [e["step"] for e in train]
+    times = np.array([e["step_time_s"] for e in train])  # (events, ranks)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    named = sorted({e["rank"] for e in stragglers if e["rank"] < world})
+    if world <= MAX_RANK_LINES:
+        for rank in range(world):
+            ax.plot(steps, times[:, rank], color=f"C{rank % 10}", label=f"rank {rank}")
+    else:
+        ax.fill_between(steps, times.min(1), times.max(1), color="C0", alpha=0.2, label=f"all {world} ranks (min-max)")
+        ax.plot(steps, np.median(times, 1), color="C0", label="median")
+        for i, rank in enumerate(named):
+            ax.plot(steps, times[:, rank], color=f"C{(i + 1) % 10}", label=f"rank {rank}")
+    for n, e in enumerate(stragglers):
+        ax.axvline(e["step"], color="grey", linestyle=":", label="straggler named" if n == 0 else None)
+        ax.annotate(f"rank {e['rank']}", (e["step"], 1), xycoords=("data", "axes fraction"), fontsize=7,
+                    ha="left", va="top", rotation=90, color="grey")
+    ax.set(xlabel="step", ylabel="seconds per step", ylim=(0, None),
+           title="each rank's own time per step (waits for other ranks left out)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    return fig
+
+
 def write_plots(run_dir, writer=None) -> list[Path]:
-    """Draw loss_lr, routing, routing_tables and eval PNGs from run_dir/metrics.jsonl into run_dir/plots/.
+    """Draw loss_lr, routing, routing_tables, eval and step_times PNGs from run_dir/metrics.jsonl into
+    run_dir/plots/.
 
     Returns the paths written. With a TensorBoard SummaryWriter, each figure is also added as the image
     plots/<name> at the last logged step. Raises ValueError naming the line of a malformed metrics.jsonl.
@@ -154,7 +191,8 @@ def write_plots(run_dir, writer=None) -> list[Path]:
     figures = {"loss_lr": plot_loss_lr(train),
                "routing": plot_routing(train, kinds.get("routing_collapse", [])),
                "routing_tables": plot_routing_tables(evals),
-               "eval": plot_eval(evals, tests)}
+               "eval": plot_eval(evals, tests),
+               "step_times": plot_step_times(train, kinds.get("straggler", []))}
     last_step = max((e["step"] for events in kinds.values() for e in events), default=0)
     out_dir, written = run_dir / "plots", []
     out_dir.mkdir(exist_ok=True)

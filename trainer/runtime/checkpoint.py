@@ -13,11 +13,14 @@ writes them once; that is also what lets a run resume on a different number of r
 Crash safety: a checkpoint is written into a temporary directory, fsynced and renamed into place; then the
 `latest` file is rewritten the same way (write, fsync, rename). A crash at any moment leaves `latest`
 naming a complete checkpoint. A checkpoint whose files do not match its `meta.json` is skipped, saying so,
-in favour of the one before it.
+in favour of the one before it (`checkpoint.fallback=false`: an error instead). A save that fails (full
+disk, quota, I/O error) stops every rank at the same step with exit code 6, leaving no half-written folder
+and `latest` as it was (trainer/runtime/storage.py).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from trainer.config import RunConfig
-from trainer.runtime import distributed
+from trainer.runtime import distributed, storage
 from trainer.runtime.distributed import Dist
 from trainer.state import TrainState
 
@@ -63,21 +67,29 @@ def step_name(step: int) -> str:
 def save(state: TrainState, dist: Dist, root: Path, keep: int, reason: str) -> Path:
     """Write a checkpoint of `state` at its step into `root`, keeping the newest `keep`; returns its folder.
 
-    Called on every rank: it gathers every rank's RNG state, and rank 0 writes.
+    Called on every rank: it gathers every rank's RNG state, rank 0 writes, and every rank learns in one
+    collective whether the write failed (full disk, quota, I/O error, permission): then each raises the same
+    StorageError (trainer/runtime/storage.py), the half-written folder is gone and `latest` is untouched.
     """
     rng = distributed.all_gather_objects(torch.get_rng_state())  # dropout draws differ per rank
     # On CUDA dropout draws from the device's generator, which the CPU state above does not cover.
     device_rng = distributed.all_gather_objects(
         torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None)
     name = step_name(state.step)
-    if dist.is_main:
-        tmp = root / f".tmp-{name}"
+    tmp, final = root / f".tmp-{name}", root / name
+    unnamed = []  # a complete folder that `latest` does not name yet
+
+    def write() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.method.state_dict().items()},
-                  str(tmp / METHOD_FILE))
+        # Serialised in memory and written by Python, so that every failure of the storage is an OSError with
+        # its errno (safetensors' and torch's own file writers raise other errors, without one).
+        _write_bytes(tmp / METHOD_FILE, save_safetensors(
+            {k: v.detach().cpu().contiguous() for k, v in state.method.state_dict().items()}))
+        buffer = io.BytesIO()
         torch.save({"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-                    "rng": rng, "device_rng": device_rng}, tmp / "state.pt")
+                    "rng": rng, "device_rng": device_rng}, buffer)
+        _write_bytes(tmp / "state.pt", buffer.getvalue())
         files = (METHOD_FILE, "state.pt")
         layout = state.layout
         meta = {"format": FORMAT, "step": state.step, "reason": reason, "world_size": layout.world,
@@ -85,17 +97,35 @@ def save(state: TrainState, dist: Dist, root: Path, keep: int, reason: str) -> P
                 "nonfinite_skipped": state.guard.skipped, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
         _write_synced(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-        for f in files:
-            _fsync_file(tmp / f)
-        final = root / name
         if final.exists():  # a re-save of the same step (e.g. a resumed run that ends where it resumed)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        unnamed.append(final)
         _fsync_dir(root)
         _write_synced(root / "latest", name + "\n", atomic=True)
+        unnamed.clear()
         _prune(root, keep, keep_name=name)
-    distributed.barrier()  # nobody runs ahead (or exits) while rank 0 is still writing
-    return root / name
+
+    def cleanup() -> None:
+        # A save either completes, `latest` naming it, or leaves nothing behind.
+        for path in (tmp, *unnamed):
+            shutil.rmtree(path, ignore_errors=True)
+        (root / ".latest.tmp").unlink(missing_ok=True)
+
+    storage.written_by_main(dist, f"checkpoint {name}", root,
+                            lambda: f"the run stopped after step {state.step}; {resume_point(root)}", write, cleanup)
+    return final
+
+
+def resume_point(root: Path) -> str:
+    """What the same command resumes from, in words: the checkpoint `latest` in `root` names, if any."""
+    try:
+        named = (root / "latest").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        named = ""
+    if named:
+        return f"{root / 'latest'} names {named}, the last complete checkpoint"
+    return "no checkpoint was written yet, so the run will start at step 0"
 
 
 def _prune(root: Path, keep: int, keep_name: str) -> None:
@@ -106,17 +136,17 @@ def _prune(root: Path, keep: int, keep_name: str) -> None:
 
 def _write_synced(path: Path, text: str, atomic: bool = False) -> None:
     target = path.with_name(f".{path.name}.tmp") if atomic else path
-    with open(target, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_bytes(target, text.encode())
     if atomic:
         os.replace(target, path)
         _fsync_dir(path.parent)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync: a full disk surfaces here (at write, flush or fsync) as an OSError with its errno."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
         os.fsync(f.fileno())
 
 
@@ -163,11 +193,12 @@ def verify(path: Path) -> dict:
     return meta
 
 
-def find_latest(root: Path, say=print) -> Resume | None:
+def find_latest(root: Path, say=print, fallback: bool = True) -> Resume | None:
     """The newest usable checkpoint: the one `latest` names, else the newest step-* that verifies.
 
     Each unusable one is reported through `say` and skipped, so a corrupt save costs `every` steps, not
-    the run.
+    the run. With `fallback` off (checkpoint.fallback=false) the newest one must verify: a damaged one is an
+    error (ValueError) instead of a silent loss of the steps since the one before.
     """
     candidates = sorted(root.glob("step-*"), reverse=True)
     pointer = root / "latest"
@@ -183,6 +214,10 @@ def find_latest(root: Path, say=print) -> Resume | None:
             return Resume(path, verify(path))
         except CheckpointError as e:
             after = candidates[i + 1].name if i + 1 < len(candidates) else "none"
+            if not fallback:
+                raise ValueError(f"checkpoint {e}; checkpoint.fallback=false forbids resuming from the one before "
+                                 f"({after}): repair or remove {path.name}, pass checkpoint.fallback=true to resume "
+                                 "from the one before, or checkpoint.resume=fresh to start over") from None
             say(f"warning: checkpoint {e}; falling back to {after}")
     if candidates:
         raise ValueError(f"{root}: no usable checkpoint; pass checkpoint.resume=fresh to start over")
@@ -195,7 +230,7 @@ def locate(cfg: RunConfig, say=print) -> Resume | None:
     if how == "fresh" or (how == "auto" and cfg.overwrite):
         return None
     if how in ("auto", "latest"):
-        found = find_latest(root, say) if root.is_dir() else None
+        found = find_latest(root, say, cfg.checkpoint.fallback) if root.is_dir() else None
         if found is None and how == "latest":
             raise ValueError(f"checkpoint.resume=latest: no usable checkpoint in {root}")
         return found

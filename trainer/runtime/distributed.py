@@ -12,6 +12,7 @@ import datetime
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 import deepspeed
@@ -28,6 +29,8 @@ class Dist:
     device: torch.device
     hosts: tuple[str, ...] = ()
     """The host name of every rank, in rank order: which node each rank ran on (run_info.json)."""
+    pids: tuple[int, ...] = ()
+    """The process id of every rank, in rank order (a hang report names the ranks that could not report)."""
 
     @property
     def is_main(self) -> bool:
@@ -57,8 +60,8 @@ def init(timeout_minutes: float = 30.0) -> Dist:
     else:
         accelerator.set_device(local_rank)
         device = torch.device(accelerator.device_name(), local_rank)
-    hosts = tuple(all_gather_objects(socket.gethostname()))
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, hosts)
+    hosts, pids = zip(*all_gather_objects((socket.gethostname(), os.getpid())))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, hosts, pids)
 
 
 def _share_cpu_cores(local_ranks: int) -> None:
@@ -107,13 +110,79 @@ class HostCopy:
         return self.value.tolist()
 
 
+# --- what this rank is doing: the last collective it entered, the time it waits in collectives -------
+
+@dataclass
+class CollectiveNote:
+    """The last collective this rank entered through this module (a hang report says where a rank waits)."""
+
+    op: str
+    """The function of this module, e.g. all_reduce_grads."""
+    entered: float
+    """time.time() when it was entered."""
+    returned: bool = False
+    """False while the rank is still inside it (or it raised)."""
+
+
+_last: CollectiveNote | None = None
+_clock = None  # a trainer.runtime.steptime.StepClock told about every collective while it times a step
+
+
+def last_collective() -> CollectiveNote | None:
+    """The note of the last collective entered (read by the watchdog's thread: a plain attribute, no lock)."""
+    return _last
+
+
+def time_collectives(clock) -> None:
+    """Tell `clock` (a StepClock, or None to stop) the time spent inside each collective of a timed step:
+    what a rank waits there for the others is not its own step time."""
+    global _clock
+    _clock = clock
+
+
+@contextlib.contextmanager
+def _collective(op: str):
+    # A note and, while a step is timed, two clock marks: cheap enough for every collective of every step.
+    global _last
+    note = _last = CollectiveNote(op, time.time())
+    if _clock is None:
+        yield
+    else:
+        with _clock.waiting():
+            yield
+    note.returned = True
+
+
 # --- collectives --------------------------------------------------------------------------------------
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place; returns the tensor."""
     if dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with _collective("all_reduce_sum"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value`, on every rank (a status code: 0 = fine). Every rank must call it
+    at the same point; it also serves as the barrier there."""
+    if dist.get_world_size() == 1:
+        return value
+    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    with _collective("max_over_ranks"):
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def all_gather_floats(value: float, device: torch.device) -> list[float]:
+    """Every rank's `value`, in rank order, on every rank: one float each (e.g. its step time)."""
+    if dist.get_world_size() == 1:
+        return [value]
+    mine = torch.tensor([value], dtype=torch.float64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    with _collective("all_gather_floats"):
+        dist.all_gather(everyone, mine)
+    return [float(t.item()) for t in everyone]
 
 
 def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
@@ -125,7 +194,8 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    with _collective("all_reduce_grads"):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
         p.grad = chunk.view_as(p).clone()
 
@@ -133,14 +203,16 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
 def broadcast_params(params: list[torch.Tensor], src: int = 0) -> None:
     """Make every rank start from rank `src`'s values (guards against any init that drew different numbers)."""
     if dist.get_world_size() > 1:
-        for p in params:
-            dist.broadcast(p.data, src=src)
+        with _collective("broadcast_params"):
+            for p in params:
+                dist.broadcast(p.data, src=src)
 
 
 def all_gather_objects(obj) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    with _collective("all_gather_objects"):
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -151,12 +223,14 @@ def replicas_identical(params: list[torch.nn.Parameter]) -> bool:
         return True
     flat = torch.cat([p.detach().reshape(-1) for p in params])
     everyone = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, flat)
+    with _collective("replicas_identical"):
+        dist.all_gather(everyone, flat)
     return all(torch.equal(everyone[0], other) for other in everyone[1:])
 
 
 def barrier() -> None:
-    dist.barrier()
+    with _collective("barrier"):
+        dist.barrier()
 
 
 def destroy() -> None:

@@ -26,6 +26,14 @@ EXIT_NONFINITE = 4
 """train.max_nonfinite non-finite steps in a row; the last checkpoint is the last good state."""
 EXIT_COLLAPSE = 5
 """monitor.stop_on_collapse: the clean routing collapsed onto one prompt; a checkpoint was saved."""
+EXIT_STORAGE = 6
+"""A file of the run (a checkpoint, predictions, the final state) could not be written: disk full, quota, I/O
+error, permission. Every rank left at the same point; checkpoints/latest names the last complete checkpoint.
+Free space and run the same command (trainer/runtime/storage.py)."""
+EXIT_HANG = 7
+"""No training step finished within hang_timeout_s, or a rank waited that long in one collective: every rank
+that could wrote its stack to output_dir/hang/ and the lowest of them printed where each rank was
+(trainer/runtime/watchdog.py). Fix or replace the node, then run the same command."""
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

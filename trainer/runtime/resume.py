@@ -21,9 +21,9 @@ from trainer.runtime.distributed import Dist
 # Keys that may differ between the run in output_dir and the command continuing it (output_dir itself: a
 # run directory may be moved). The batch split (micro x accumulation x world) does not change the gradient,
 # because the loss is normalised by the token count of the whole global batch; `plan` reports the global batch.
-FREE = ("output_dir", "overwrite", "checkpoint.", "collective_timeout_s", "train.max_nonfinite",
+FREE = ("output_dir", "overwrite", "checkpoint.", "collective_timeout_s", "hang_timeout_s", "train.max_nonfinite",
         "train.log_every", "train.eval_every", "train.check_replicas_every", "train.micro_batch_size",
-        "train.grad_accum_steps", "train.global_batch_size", "eval.batch_size")
+        "train.grad_accum_steps", "train.global_batch_size", "eval.batch_size", "monitor.straggler_")
 
 
 def changed_keys(before: dict, after: dict) -> list[str]:
