@@ -18,7 +18,7 @@ LANES = ("unit", "multiprocess", "cluster")
 # What only the cluster lane starts: Slurm's commands and daemons, munge, the local cluster script (network
 # namespaces) and `ip`.
 CLUSTER_COMMANDS = {"sbatch", "srun", "salloc", "scontrol", "squeue", "scancel", "sinfo", "slurmctld", "slurmd",
-                    "munged", "ip"}
+                    "munged", "ip", "mount", "umount"}
 # The audit events (PEP 578) of every way Python starts a process.
 PROCESS_EVENTS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system",
                   "os.exec", "pty.spawn"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -131,3 +132,9 @@ def wait_for_step(output_dir, step: int, proc: subprocess.Popen, timeout: float 
             raise AssertionError(f"trainer exited {proc.returncode} early:\n{proc.stderr.read()[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"no train step {step} within {timeout} s")
+
+
+def trainer_traceback(output: str) -> bool:
+    """A Python traceback through this checkout's trainer (torchrun prints one of its own for any exit code
+    other than 0: that one goes through torch/distributed/run.py only)."""
+    return bool(re.search(r'File "[^"]*/trainer/[^"]*", line \d+', output))
