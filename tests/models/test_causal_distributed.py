@@ -140,7 +140,7 @@ def test_the_causal_preset_trains_smop_on_two_ranks_and_prints_the_result_block(
     assert "backbone tiny-pretrained-causal: 127,104 params | smop: 4 x 5 prompts" in out and "ZeRO stage 3" in out
     assert "eval at step 40: jsonl:copy/exact_match" in out and ", average " in out
     assert "routing table (share of each task's val examples per prompt):" in out
-    assert f"pictures: {tmp_path / 'plots'}/ (loss_lr.png, routing.png, routing_tables.png, eval.png)" in out
+    assert f"pictures: {tmp_path / 'plots'}/ (loss_lr.png, routing.png, routing_tables.png, eval.png, step_times.png)" in out
     final = events(tmp_path, "eval")[-1]
     assert set(final["routing_table"]) == set(MIXTURE.split(","))
     assert final["routing_entropy"] > 0.5  # the centred k-means router starts the sub-tasks apart
