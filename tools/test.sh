@@ -8,7 +8,9 @@
 #                       clusters) through `tools/cluster/local_slurm.sh install`, as root or with sudo
 #   2. python packages  `pip install -e ".[test,bench]"` of this checkout (bench: PEFT, which the benchmark
 #                       tests run for real), unless processes started anywhere
-#                       already import this checkout's trainer with every pinned dependency satisfied
+#                       already import this checkout's trainer with every pinned dependency satisfied;
+#                       then DeepSpeed and Accelerate again, without dependencies, if their commands are
+#                       missing from this Python's bin/ (a venv made with --system-site-packages)
 #   3. tests            `python -m pytest -q tests` plus your arguments
 # SMOP_TEST_DRY_RUN=1 prints what steps 1-3 would run and runs none of them (tests/tools/test_test_script.py).
 set -euo pipefail
@@ -64,6 +66,32 @@ EOF
     echo "test.sh: installing this checkout and its pinned dependencies (pip install -e .[test,bench])"
     # DS_BUILD_OPS=0: DeepSpeed compiles no kernels (the CPU runs need none; a GPU machine JIT-builds them).
     step env DS_BUILD_OPS=0 python -m pip install -q -e ".[test,bench]"
+fi
+
+# 2b. The launchers the tests start by name must start this Python. In a virtual environment made with
+# --system-site-packages (common on clusters whose PyTorch comes from a module), pip finds DeepSpeed and
+# Accelerate installed outside it and writes no `deepspeed` or `accelerate` into the environment's bin/: the
+# ones on PATH then start the ranks with the outer Python, which cannot import this checkout. Installing the
+# pinned packages into the environment (no dependencies; a few seconds) puts their commands there.
+missing_launchers() {  # prints their pins on one line and the bin/ they are missing from on the next
+    cd / && python - "$repo" <<'EOF'
+import os, sys, sysconfig, tomllib
+from pathlib import Path
+
+scripts = Path(sysconfig.get_path("scripts"))
+pins = tomllib.loads((Path(sys.argv[1]) / "pyproject.toml").read_text())["project"]["dependencies"]
+missing = [pin for pin in pins if pin.split("==")[0] in ("deepspeed", "accelerate")
+           and not os.access(scripts / pin.split("==")[0], os.X_OK)]
+if missing:
+    print(" ".join(missing), scripts, sep="\n")
+EOF
+}
+launchers=$(missing_launchers 2>/dev/null) || launchers=""
+if [[ -n $launchers ]]; then
+    { read -r pins; read -r scripts; } <<<"$launchers"
+    echo "test.sh: no command of $pins in $scripts: installing them there"
+    # shellcheck disable=SC2086  # one argument per pin
+    step env DS_BUILD_OPS=0 python -m pip install -q --no-deps --force-reinstall $pins
 fi
 
 # 3. The tests; extra arguments (-m unit, -k NAME, -x, a file) go to pytest.

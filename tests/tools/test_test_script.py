@@ -1,10 +1,12 @@
 """tools/test.sh, the README's one test command, in its dry run (SMOP_TEST_DRY_RUN=1: it prints the steps it
 would run). It runs in a copy of the checkout's script and pyproject.toml beside a stand-in `trainer`
 package, with PATH holding only stand-ins, so each decision is driven from here: which tools exist, who
-runs it, where `trainer` resolves, which pins hold."""
+runs it, where `trainer` resolves, which pins hold, which launchers the Python's environment has (`python` is
+a virtual environment made here with --system-site-packages)."""
 import shutil
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ pytestmark = pytest.mark.multiprocess
 TOOLS = ("slurmctld", "slurmd", "sbatch", "munged", "mpirun", "mpicc", "ip")
 INSTALL = "bash tools/cluster/local_slurm.sh install"
 PIP = "would run: env DS_BUILD_OPS=0 python -m pip install -q -e .[test,bench]"
+LAUNCHERS = "would run: env DS_BUILD_OPS=0 python -m pip install -q --no-deps --force-reinstall {}"
 
 
 def executable(path: Path, body: str) -> None:
@@ -34,12 +37,21 @@ def checkout(tmp_path) -> Path:
     return repo
 
 
-def dry_run(repo: Path, tools=TOOLS, uid=0, sudo=False, pythonpath=None, args=()) -> subprocess.CompletedProcess:
-    """tools/test.sh --dry-run with only `tools` (and sudo if asked) on PATH, `id -u` printing `uid`."""
+def dry_run(repo: Path, tools=TOOLS, uid=0, sudo=False, pythonpath=None, args=(),
+            launchers=("deepspeed", "accelerate")) -> subprocess.CompletedProcess:
+    """tools/test.sh --dry-run with only `tools` (and sudo if asked) on PATH, `id -u` printing `uid`, and
+    `python` a virtual environment that sees this one's packages and has the commands `launchers` in its bin/."""
+    env_dir = repo.parent / "venv"
+    if not env_dir.exists():
+        venv.create(env_dir, system_site_packages=True)
+    for name in ("deepspeed", "accelerate"):
+        (env_dir / "bin" / name).unlink(missing_ok=True)
+    for name in launchers:
+        executable(env_dir / "bin" / name, "exit 0")
     bin_dir = repo.parent / "bin"
     shutil.rmtree(bin_dir, ignore_errors=True)
     bin_dir.mkdir()
-    executable(bin_dir / "python", f'exec {sys.executable} "$@"')
+    executable(bin_dir / "python", f'exec {env_dir / "bin" / "python"} "$@"')
     executable(bin_dir / "dirname", f'exec {shutil.which("dirname")} "$@"')
     executable(bin_dir / "id", f"echo {uid}")
     for name in [*tools, *(["sudo"] if sudo else [])]:
@@ -84,6 +96,24 @@ def test_reinstalls_when_trainer_is_another_checkout_or_a_pin_does_not_hold(chec
     # and the checkout as shipped, with trainer resolving to it, needs no install (the first test above)
     pyproject.write_text((REPO / "pyproject.toml").read_text())
     assert PIP not in dry_run(checkout).stdout.splitlines()
+
+
+def test_launchers_missing_from_the_environment_are_installed_into_it(checkout):
+    """A venv made with --system-site-packages gets no `deepspeed` or `accelerate` of its own from pip: the outer
+    ones would start the ranks with a Python that cannot import this checkout."""
+    pins = {line.strip().strip('",').split("==")[0]: line.strip().strip('",')
+            for line in (REPO / "pyproject.toml").read_text().splitlines() if line.strip().startswith('"')}
+    scripts = checkout.parent / "venv" / "bin"
+    neither = dry_run(checkout, launchers=())
+    assert neither.returncode == 0, neither.stderr
+    both = f"{pins['deepspeed']} {pins['accelerate']}"
+    assert neither.stdout.splitlines() == [f"test.sh: no command of {both} in {scripts}: installing them there",
+                                           LAUNCHERS.format(both), "would run: python -m pytest -q tests"]
+    one = dry_run(checkout, launchers=("deepspeed",))
+    assert LAUNCHERS.format(pins["accelerate"]) in one.stdout.splitlines()
+    assert PIP not in one.stdout.splitlines()  # trainer and every pin are there: only the launcher is missing
+    # the README's line for users in such an environment names the same pins
+    assert f"--force-reinstall {both}`" in " ".join((REPO / "README.md").read_text().split())
 
 
 def test_the_readme_and_ci_run_this_script():
