@@ -78,6 +78,8 @@ missing_launchers() {  # prints their pins on one line and the bin/ they are mis
 import os, sys, sysconfig, tomllib
 from pathlib import Path
 
+if sys.prefix == sys.base_prefix:  # not a venv: pip put the commands where it always does (or in ~/.local)
+    sys.exit()
 scripts = Path(sysconfig.get_path("scripts"))
 pins = tomllib.loads((Path(sys.argv[1]) / "pyproject.toml").read_text())["project"]["dependencies"]
 missing = [pin for pin in pins if pin.split("==")[0] in ("deepspeed", "accelerate")
