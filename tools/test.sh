@@ -11,7 +11,7 @@
 #                       already import this checkout's trainer with every pinned dependency satisfied;
 #                       then DeepSpeed and Accelerate again, without dependencies, if their commands are
 #                       missing from this Python's bin/ (a venv made with --system-site-packages)
-#   3. tests            `python -m pytest -q tests` plus your arguments
+#   3. tests            `python -m pytest -q tests` plus your arguments (a file or test id given: only those)
 # SMOP_TEST_DRY_RUN=1 prints what steps 1-3 would run and runs none of them (tests/tools/test_test_script.py).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -96,9 +96,14 @@ if [[ -n $launchers ]]; then
     step env DS_BUILD_OPS=0 python -m pip install -q --no-deps --force-reinstall $pins
 fi
 
-# 3. The tests; extra arguments (-m unit, -k NAME, -x, a file) go to pytest.
+# 3. The tests; extra arguments (-m unit, -k NAME, -x, files or test ids) go to pytest. A file, folder or test id
+# of tests/ given replaces the whole of tests/ (pytest would otherwise collect tests/ and run everything).
+cmd=(python -m pytest -q tests "$@")
+for arg in "$@"; do
+    if [[ ($arg == tests/* || $arg == *.py || $arg == *::*) && -e ${arg%%::*} ]]; then cmd=(python -m pytest -q "$@"); fi
+done
 if [[ $dry == 1 ]]; then
-    echo "would run: python -m pytest -q tests${*:+ $*}"
+    echo "would run: ${cmd[*]}"
     exit 0
 fi
-exec python -m pytest -q tests "$@"
+exec "${cmd[@]}"

@@ -67,6 +67,16 @@ def test_everything_present_goes_straight_to_pytest_with_the_arguments(checkout)
     assert proc.stdout.splitlines() == ["would run: python -m pytest -q tests -m unit -x"]
 
 
+def test_a_file_or_test_id_runs_only_that_and_options_keep_the_whole_suite(checkout):
+    (checkout / "tests").mkdir()
+    (checkout / "tests" / "test_x.py").write_text("def test_a(): pass\n")
+    def runs(*args):
+        return dry_run(checkout, args=args).stdout.splitlines()[-1]
+    assert runs("tests/test_x.py::test_a", "-x") == "would run: python -m pytest -q tests/test_x.py::test_a -x"
+    assert runs("tests/test_x.py") == "would run: python -m pytest -q tests/test_x.py"
+    assert runs("-k", "tests") == "would run: python -m pytest -q tests -k tests"  # a keyword, not the folder
+
+
 def test_a_missing_tool_installs_the_system_packages(checkout):
     proc = dry_run(checkout, tools=[t for t in TOOLS if t != "mpicc"])
     assert proc.returncode == 0, proc.stderr
