@@ -76,7 +76,8 @@ def _tagged_processes() -> list[str]:
 def test_stop_undoes_a_start_that_failed_half_way():
     """Runs before the module's cluster exists: a start that gives up after the namespaces and daemons are
     up (LOCAL_SLURM_WAIT=0: no time for the nodes to register) fails, and stop removes all of it."""
-    assert not leftovers(), f"a cluster is already running here: {leftovers()}"
+    assert not leftovers(), ("a local cluster is already running here (an interrupted test run leaves one); "
+                             f"stop it with `bash tools/cluster/local_slurm.sh stop`: {leftovers()}")
     try:
         failed = run([SCRIPT, "start", "--nodes", "2"], check=False, env={**os.environ, "LOCAL_SLURM_WAIT": "0"})
         assert failed.returncode != 0 and "0 of 2 node(s) idle" in failed.stderr, failed.stderr
