@@ -15,9 +15,8 @@ from trainer.models.prompted import PromptedModel
 from trainer.monitor.monitor import CollapseDetector, Monitor, StragglerDetector, peak_memory_mb, routing_summary
 from trainer.runtime import checkpoint, distributed
 from trainer.runtime.distributed import Dist
-from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, EXIT_STORAGE, NonFiniteLoss
+from trainer.runtime.guard import EXIT_COLLAPSE, EXIT_NONFINITE, EXIT_REQUEUE, NonFiniteLoss
 from trainer.runtime.steptime import StepClock
-from trainer.runtime.storage import StorageError
 from trainer.runtime.update import EngineUpdate, ReplicatedUpdate
 from trainer.runtime.watchdog import Watchdog
 from trainer.state import TrainState
@@ -89,7 +88,8 @@ def train(run: Run) -> dict:
 
 def train_guarded(run: Run) -> tuple[int | None, dict]:
     """Train with the stop signals caught and the watchdog running: (exit code if it stopped early, else None;
-    the last eval)."""
+    the last eval). A StorageError (a save the storage refused) goes up to trainer/main.py, which ends every
+    rank with exit code 6 whether training or the final writes met it."""
     run.state.guard.install()
     distributed.time_collectives(run.clock)
     run.watchdog.start(run.state.step)
@@ -98,10 +98,6 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
     except NonFiniteLoss as e:
         print(f"\nerror: {e}", file=sys.stderr)  # \n: the progress bar's line is still open
         return _close(run, EXIT_NONFINITE), {}
-    except StorageError as e:  # raised on every rank at the same step; one line says it all
-        if run.dist.is_main:
-            print(f"\nerror: {e}", file=sys.stderr)
-        return _close(run, EXIT_STORAGE, plots=False), {}
     finally:
         run.watchdog.stop()
         distributed.time_collectives(None)
@@ -120,8 +116,8 @@ def train_guarded(run: Run) -> tuple[int | None, dict]:
     return None, result
 
 
-def _close(run: Run, code: int, plots: bool = True) -> int:
-    run.monitor.close(plots=plots and run.cfg.monitor.plots)  # pictures of the run so far
+def _close(run: Run, code: int) -> int:
+    run.monitor.close(plots=run.cfg.monitor.plots)  # pictures of the run so far
     distributed.destroy()
     return code
 

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_and_save(run)
     except StorageError as e:  # raised on every rank at the same point (trainer/runtime/storage.py)
         if dist.is_main:
-            print(f"error: {e}", file=sys.stderr)
-        run.monitor.close()
+            print(f"\nerror: {e}", file=sys.stderr)  # \n: a save during training leaves the progress bar's line open
+        run.monitor.close()  # no pictures: the disk that refused the save would refuse them too
         distributed.destroy()
         return EXIT_STORAGE
 
