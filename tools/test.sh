@@ -82,8 +82,8 @@ if sys.prefix == sys.base_prefix:  # not a venv: pip put the commands where it a
     sys.exit()
 scripts = Path(sysconfig.get_path("scripts"))
 pins = tomllib.loads((Path(sys.argv[1]) / "pyproject.toml").read_text())["project"]["dependencies"]
-missing = [pin for pin in pins if pin.split("==")[0] in ("deepspeed", "accelerate")
-           and not os.access(scripts / pin.split("==")[0], os.X_OK)]
+missing = [pin for pin in pins if (name := pin.split("==")[0]) in ("deepspeed", "accelerate")
+           and not os.access(scripts / name, os.X_OK)]
 if missing:
     print(" ".join(missing), scripts, sep="\n")
 EOF

@@ -6,6 +6,7 @@ a virtual environment made here with --system-site-packages)."""
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def test_reinstalls_when_trainer_is_another_checkout_or_a_pin_does_not_hold(chec
 def test_launchers_missing_from_the_environment_are_installed_into_it(checkout):
     """A venv made with --system-site-packages gets no `deepspeed` or `accelerate` of its own from pip: the outer
     ones would start the ranks with a Python that cannot import this checkout."""
-    pins = {line.strip().strip('",').split("==")[0]: line.strip().strip('",')
-            for line in (REPO / "pyproject.toml").read_text().splitlines() if line.strip().startswith('"')}
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {pin.split("==")[0]: pin for pin in dependencies}
     scripts = checkout.parent / "venv" / "bin"
     neither = dry_run(checkout, launchers=())
     assert neither.returncode == 0, neither.stderr
