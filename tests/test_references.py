@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import re
+import sys
 import tokenize
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.launch import REPO
 TOP = ("trainer", "tools", "tests", "docs", "configs", "ds_configs", "slurm", ".ci")
 PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*[\w/])" % "|".join(re.escape(t) for t in TOP))
 SECTION = re.compile(r"([\w./-]*method\.md)`?\s*(?:§|section\s+)(\d+)")
+UP = re.compile(r"(?<![\w./-])((?:\.\./)+[\w./-]*)")  # a relative path that climbs: ../notes/x.md
 BARE = re.compile(r"(?<![\w/])method\.md")  # the method document named without its folder
 DOTTED = re.compile(r"(?<![\w./-])((?:trainer|tools|tests)(?:\.[A-Za-z_]\w*)+)")
 PLACEHOLDER = re.compile(r"[*{<$]|NNN|\.\.\.")
@@ -166,8 +168,20 @@ def test_dotted_module_references_resolve():
     assert not found, "\n".join(found)
 
 
+def outside_references() -> list[str]:
+    """Relative paths that climb out of their folder (`../notes/x.md`) and do not land on something in the
+    repository: outside it, a clone has nothing there."""
+    found = []
+    for where, number, line in lines():
+        for match in UP.finditer(line):
+            target = ((REPO / where).parent / match.group(1)).resolve()
+            if not (target.is_relative_to(REPO.resolve()) and target.exists()):
+                found.append(f"{where}:{number}: {match.group(1)}")
+    return found
+
+
 def test_nothing_points_outside_the_repository():
-    found = [f"{where}:{number}" for where, number, line in lines() if "../shared" in line]
+    found = outside_references()
     assert not found, "references outside the repository: " + ", ".join(found)
 
 
@@ -180,3 +194,9 @@ def test_the_checks_catch_what_they_must(tmp_path, monkeypatch):
     assert SECTION.findall("`docs/method.md` §4 and docs/method.md section 7") == [("docs/method.md", "4"),
                                                                                    ("docs/method.md", "7")]
     assert BARE.search("see method.md") and not BARE.search("see docs/method.md")
+    # climbing out of the repository, or to nothing in it, is caught; climbing to a file that is there is not
+    made_up = [(Path("docs/x.md"), 1, "read ../notes/docs/x.md first, then ../README.md and `../../../etc/hosts`"),
+               (Path("tests/tools/y.py"), 2, "as ../other/docs/z.md says"), (Path("docs/x.md"), 3, "x/../y.md")]
+    monkeypatch.setattr(sys.modules[__name__], "lines", lambda: made_up)
+    assert outside_references() == ["docs/x.md:1: ../notes/docs/x.md", "docs/x.md:1: ../../../etc/hosts",
+                                    "tests/tools/y.py:2: ../other/docs/z.md"]
